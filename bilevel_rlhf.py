@@ -41,14 +41,12 @@ Run it:
 
 import ast
 import argparse
-import contextlib
 import dataclasses
 import inspect
 import json
 import math
 import os
 import random
-import sys
 import time
 import typing
 from dataclasses import dataclass
@@ -160,7 +158,8 @@ def parse_args(argv=None) -> Args:
     source = ast.parse(inspect.getsource(Args)).body[0].body
     helps = {a.target.id: b.value.value for a, b in zip(source, source[1:])
              if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr)}
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawTextHelpFormatter)
     hints = typing.get_type_hints(Args)
     for f in dataclasses.fields(Args):
         kind, flag = hints[f.name], "--" + f.name.replace("_", "-")
@@ -317,9 +316,10 @@ def supervised_finetune(model, tok, texts: list[str], steps: int, batch_size: in
     model.train()
     for _ in tqdm(range(steps), desc="sft", leave=False):
         batch = [texts[i] + tok.eos_token for i in torch.randint(len(texts), (batch_size,), generator=g)]
-        enc = tok(batch, return_tensors="pt", padding=True).to(device)  # right-padded
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        loss = model(**enc, labels=labels).loss
+        enc = tok(batch, return_tensors="pt", padding=True).to(device)  # (64, T), right-padded
+        logits = model(**enc).logits[:, :-1]  # (64, T-1, V): position t predicts token t + 1
+        labels = enc.input_ids[:, 1:].masked_fill(enc.attention_mask[:, 1:] == 0, -100)  # (64, T-1), no padding
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -545,7 +545,7 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
     # (2) response term: sg(ℓ − b) · ∇[log pi_θ(y_w) + log pi_θ(y_l)], only where the pair came from pi_θ
     log_q = policy_logps_w + policy_logps_l
     response_term = response_coef * (ell - b) * (log_q - log_q.detach())
-    # (3) label term: sg(ℓ) · ∇ log P_θ(z), log P_θ(z) = log σ(βΔ) for the realized label, whatever loss_type is
+    # (3) label term: sg(ℓ) · ∇ log P_θ(z), with log P_θ(z) = log σ(βΔ) for the realized label, for every loss_type
     log_p = F.logsigmoid(beta * delta)
     label_term = label_coef * ell * (log_p - log_p.detach())
     losses = losses + torch.where(on_policy, response_term, 0.0) + torch.where(self_labeled, label_term, 0.0)
@@ -674,8 +674,9 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_prompts: 
             scaler.scale(losses.mean() / args.grad_accum).backward()
             sample_kl = (policy_logps - ref_logps).detach().view(2, B)[:, on_policy.to(device)]  # (2, n_online)
             stats.append({
-                "loss": losses.detach().mean(), "rewards/chosen": chosen_rewards.mean(),
-                "rewards/rejected": rejected_rewards.mean(), "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+                "loss": losses.detach().mean(),
+                "rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
+                "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
                 "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
                 **({"objective/sample_kl": sample_kl.mean()} if online else {}),
                 **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
@@ -691,7 +692,7 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_prompts: 
 
         # 6. log (the only host-device synchronisation of the step) and evaluate
         metrics = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
-        for key in stats[0]:
+        for key in dict.fromkeys(k for s in stats for k in s):  # every key, in order (sample_kl may be absent)
             metrics[key] = float(np.mean([float(s[key]) for s in stats if key in s]))
         metrics["timing/samples_per_s"] = B * args.grad_accum / (time.perf_counter() - t0)
         if not math.isfinite(metrics["loss"]):
