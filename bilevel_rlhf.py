@@ -197,15 +197,17 @@ def validate(args: Args) -> Args:
         raise ValueError(f"the mixing fractions of --design {args.design} add up to more than 1")
     if args.batch_size < 1 or args.grad_accum < 1 or args.steps < 1:
         raise ValueError("--batch-size, --grad-accum and --steps must be at least 1")
-    if args.dtype == "fp16" and (args.device or "cpu") == "cpu" and not torch.cuda.is_available():
-        raise ValueError("--dtype fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if args.dtype == "fp16" and not args.device.startswith("cuda"):
+        raise ValueError(f"--dtype fp16 needs a CUDA device, not {args.device} (use fp32 or bf16)")
     if route_probs(args)[PR] > 0 and not embedded and args.reward_model is None:
         raise ValueError(f"--design {args.design} labels policy samples with an oracle: give --reward-model")
     return args
 
 
 def route_probs(args: Args) -> list[float]:
-    """Probability of each source (offline, DP, PP, PR) for one example under the chosen design (paper §5)."""
+    """Probability of each source (offline, DP, PP, PR) for one example under the chosen design (ALGORITHM.md §4)."""
     dp = args.dp_fraction if args.design in ("sail-dp", "mix") else 0.0
     pp = args.pp_fraction if args.design in ("sail-pp", "mix") else 0.0
     pr = args.pr_fraction if args.design in ("online-dpo", "sail-pr", "mix") else 0.0
@@ -785,8 +787,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
 
     # device and precision
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else
-                                          "mps" if torch.backends.mps.is_available() else "cpu"))
+    device = torch.device(args.device)  # chosen in validate: cuda, then mps, then cpu
     amp_dtype, why = choose_precision(args, device)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere and later: free speed, fp32 range
     torch.backends.cudnn.allow_tf32 = True

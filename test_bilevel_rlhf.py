@@ -406,6 +406,7 @@ def test_help_documents_every_flag():
     (["--design", "mix", "--dp-fraction", "0.9"], "more than 1"),
     (["--design", "nope"], "invalid choice"),
     (["--beta", "0"], "--beta"),
+    (["--dtype", "fp16", "--device", "cpu"], "needs a CUDA device"),
 ])
 def test_bad_flags_exit_2_with_a_message(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
