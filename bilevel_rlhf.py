@@ -47,6 +47,9 @@ import json
 import math
 import os
 import random
+import re
+import shutil
+import sys
 import time
 import typing
 from dataclasses import dataclass
@@ -80,7 +83,17 @@ class Args:
     eval_every: int = 50
     """evaluate every N steps (and at the end); 0 = only at the end"""
     eval_prompts: int = 128
-    """held-out prompts used for evaluation"""
+    """at most this many held-out prompts are used for evaluation"""
+    save_every: int = 0
+    """save a checkpoint every N steps (and always at the end); 0 = only at the end"""
+    keep_last: int = 2
+    """checkpoints kept in --output-dir (older ones are deleted); 0 = keep all"""
+    resume: bool = False
+    """continue from the newest checkpoint in --output-dir even if its args differ (same args resume by default)"""
+    overwrite: bool = False
+    """start over in an --output-dir that holds another run's checkpoint (its checkpoints are deleted)"""
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    """also log metrics to TensorBoard or Weights & Biases (each needs its package installed)"""
     quick: bool = False
     """embedded task only: a smaller, faster run (used by the tests)"""
 
@@ -88,11 +101,21 @@ class Args:
     model: Optional[str] = None
     """hub id or local folder of a causal LM; None = build the embedded task (tiny GPT-2, synthetic reviews)"""
     dataset: Optional[str] = None
-    """JSONL file of {"prompt", "chosen", "rejected"} rows (required with --model)"""
+    """preference data (required with --model): a .jsonl/.json file or a hub dataset id; formats in the README"""
+    dataset_split: str = "train"
+    """split of a hub dataset used for training"""
+    eval_split: Optional[str] = None
+    """evaluation prompts: a hub dataset split or a file; None = hold out --eval-fraction of --dataset"""
+    eval_fraction: float = 0.05
+    """fraction of --dataset held out for evaluation when --eval-split is not given"""
     reward_model: Optional[str] = None
-    """hub id or folder of a sequence-classification reward model, the oracle of the online designs"""
-    max_prompt_length: int = 256
-    """prompts longer than this are truncated from the left"""
+    """hub id or folder of a sequence-classification reward model: the oracle of the online designs"""
+    reward_fn: Optional[str] = None
+    """the oracle as a Python callable f(prompts, responses) -> list[float]: module:function or file.py:function"""
+    reward_batch_size: int = 16
+    """responses scored per reward-model forward"""
+    max_prompt_length: Optional[int] = None
+    """prompts are truncated from the left to this many tokens (default: the context minus --max-new-tokens, ≤ 512)"""
 
     # algorithm
     design: Literal["dpo", "online-dpo", "sail-pr", "sail-pp", "sail-dp", "mix"] = "sail-pr"
@@ -186,8 +209,10 @@ def validate(args: Args) -> Args:
         args.lr = 3e-4 if embedded else 5e-7
     if args.max_new_tokens is None:
         args.max_new_tokens = 24 if embedded else 128
+    if embedded and args.max_prompt_length is None:
+        args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
     if not embedded and args.dataset is None:
-        raise ValueError("--model needs --dataset (a JSONL file of prompt/chosen/rejected rows)")
+        raise ValueError("--model needs --dataset (a .jsonl/.json file or a hub dataset id)")
     if args.beta <= 0:
         raise ValueError(f"--beta must be > 0, got {args.beta}")
     for name in ("dp_fraction", "pp_fraction", "pr_fraction", "dp_coef", "pp_coef", "pr_coef"):
@@ -201,8 +226,18 @@ def validate(args: Args) -> Args:
         args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if args.dtype == "fp16" and not args.device.startswith("cuda"):
         raise ValueError(f"--dtype fp16 needs a CUDA device, not {args.device} (use fp32 or bf16)")
-    if route_probs(args)[PR] > 0 and not embedded and args.reward_model is None:
-        raise ValueError(f"--design {args.design} labels policy samples with an oracle: give --reward-model")
+    if route_probs(args)[PR] > 0 and not embedded and args.reward_model is None and args.reward_fn is None:
+        raise ValueError(f"--design {args.design} labels policy samples with an oracle: give --reward-model "
+                         "or --reward-fn")
+    if args.reward_model and args.reward_fn:
+        raise ValueError("give one oracle: --reward-model or --reward-fn, not both")
+    if args.design in ("sail-pp", "sail-dp") and route_probs(args)[OFFLINE] == 0:
+        raise ValueError(f"--design {args.design} needs some offline pairs (self-labels alone carry no signal): "
+                         "use a fraction below 1")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other")
+    if not 0.0 <= args.eval_fraction < 1.0:
+        raise ValueError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")
     return args
 
 
@@ -233,6 +268,7 @@ NEUTRAL = ["long", "short", "quiet", "familiar"]
 VERBS = {"loved": 1, "enjoyed": 1, "hated": -1, "disliked": -1, "watched": 0, "remember": 0}
 ADVERBS = ["very", "really", "quite"]
 SENTIMENT = {**{w: 1 for w in POSITIVE}, **{w: -1 for w in NEGATIVE}, **{w: 0 for w in NEUTRAL}}
+EMBEDDED_CONTEXT = 64  # tokens the embedded GPT-2 attends to
 TASK_WORDS = sorted({"the", "was", "i", "it", "is", ".", *NOUNS, *SENTIMENT, *VERBS, *ADVERBS})
 
 
@@ -301,7 +337,7 @@ def build_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
-def build_tiny_gpt2(tok, n_layer=2, n_embd=64, n_positions=64):
+def build_tiny_gpt2(tok, n_layer=2, n_embd=64, n_positions=EMBEDDED_CONTEXT):
     """A small random GPT-2 for the tokenizer, without dropout (the labelers reuse training forwards)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -329,54 +365,326 @@ def supervised_finetune(model, tok, texts: list[str], steps: int, batch_size: in
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading a real model, tokenizer, reward model and preference file
+# Loading a real model, tokenizer and oracle. Every problem with the user's input becomes a RunError.
+
+class RunError(Exception):
+    """A problem the user can fix (bad input, incompatible flags, a diverged run): reported without a traceback,
+    exit code 2."""
+
+
+def from_pretrained(auto_class, name: str, **kwargs):
+    """auto_class.from_pretrained(name), with a RunError that says what is wrong when it cannot be loaded."""
+    first = name.split("/")[0]
+    looks_local = os.path.isabs(name) or name.startswith(("./", "../", "~")) or os.path.isdir(first)
+    if looks_local and not os.path.isdir(os.path.expanduser(name)):  # fail now, not after the hub's retries
+        raise RunError(f"{name}: no such folder (expected a model saved with save_pretrained, or a hub id)")
+    try:
+        return auto_class.from_pretrained(os.path.expanduser(name), **kwargs)
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot load {auto_class.__name__} from {name!r}: {e}") from None
+
 
 def load_policy(name: str, device):
     """Any causal LM and its tokenizer, from the hub or a local folder; a missing pad token becomes EOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name)
+    tok = from_pretrained(AutoTokenizer, name)
     if tok.pad_token is None:  # safe: masks are built by position, never by token id (ALGORITHM.md §8)
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name).to(device)
+    model = from_pretrained(AutoModelForCausalLM, name, dtype=torch.float32).to(device)  # fp32 master weights
     return model, tok
 
 
-def load_jsonl_pairs(path: str) -> list[dict]:
-    """Rows {"prompt", "chosen", "rejected"} (strings) from a JSONL file."""
-    rows = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                row = json.loads(line)
-                for key in ("prompt", "chosen", "rejected"):
-                    if not isinstance(row.get(key), str):
-                        raise ValueError(f"{path}:{line_no}: expected a string field {key!r}")
-                rows.append({k: row[k] for k in ("prompt", "chosen", "rejected")})
-    return rows
+def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
+    """An oracle from a sequence-classification reward model with its own tokenizer (and chat template, if any).
 
-
-def reward_model_oracle(name: str, device, batch_size: int = 16) -> Callable[[list[str], list[str]], list[float]]:
-    """An oracle from a sequence-classification reward model: scores prompt + response without gradient."""
+    Scores (prompt, response) in batches, without gradient, on the run's device and dtype. A prompt is a string or,
+    for conversational data, a list of {"role", "content"} messages.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name)
+    tok = from_pretrained(AutoTokenizer, name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(name).to(device).eval()
-    if model.config.pad_token_id is None:
+    tok.padding_side, tok.truncation_side = "right", "left"  # keep the end of long texts: the response
+    model = from_pretrained(AutoModelForSequenceClassification, name, dtype=dtype).to(device).eval()
+    if model.config.pad_token_id is None:  # the classifier reads the last non-pad token
         model.config.pad_token_id = tok.pad_token_id
 
+    def render(prompt, response: str) -> str:
+        if tok.chat_template is None:
+            return (prompt if isinstance(prompt, str) else render_prompt(tok, prompt)) + response
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        return tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+
     @torch.inference_mode()
-    def oracle(prompts: list[str], responses: list[str]) -> list[float]:
-        scores = []
-        for i in range(0, len(prompts), batch_size):
-            texts = [p + r for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
-            enc = tok(texts, return_tensors="pt", padding=True, truncation=True).to(device)
+    def oracle(prompts: list, responses: list[str]) -> list[float]:
+        texts, scores = [render(p, r) for p, r in zip(prompts, responses)], []
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                      add_special_tokens=tok.chat_template is None).to(device)
             scores += model(**enc).logits[:, 0].float().tolist()
         return scores
 
     return oracle
+
+
+def load_reward_fn(spec: str) -> Callable:
+    """The oracle as a Python callable, from "package.module:function" or "path/to/file.py:function"."""
+    import importlib
+    import importlib.util
+
+    module_name, _, function_name = spec.rpartition(":")
+    if not module_name or not function_name:
+        raise RunError(f"--reward-fn {spec!r}: expected module:function or path/to/file.py:function")
+    try:
+        if module_name.endswith(".py"):
+            loader_spec = importlib.util.spec_from_file_location("reward_fn_module", module_name)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except (ImportError, OSError) as e:
+        raise RunError(f"--reward-fn {spec!r}: cannot import {module_name}: {e}") from None
+    if not callable(getattr(module, function_name, None)):
+        raise RunError(f"--reward-fn {spec!r}: {module_name} has no function {function_name!r}")
+    return getattr(module, function_name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preference data: formats, cleaning, held-out prompts
+
+ASSISTANT_TAG = "\n\nAssistant:"  # Anthropic HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..."
+
+
+def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
+    """Raw rows, each with where it came from ("file.jsonl:LINE"), from a .jsonl file (one JSON object per line;
+    blank lines skipped), a .json file (a top-level list of objects), or — when `source` is not an existing path — a
+    hub dataset id loaded with `datasets.load_dataset(source, split=split)` (imported only then)."""
+    if os.path.isfile(source):
+        if source.endswith(".json"):
+            with open(source) as f:
+                try:
+                    rows = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise RunError(f"{source}:{e.lineno}: invalid JSON ({e.msg}); a .json file holds one list of "
+                                     "objects, one object per line needs the .jsonl extension") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise RunError(f"{source}: expected a top-level JSON list of objects")
+            return [(f"{source}[{i}]", row) for i, row in enumerate(rows)]
+        rows = []  # any other extension is read as JSONL
+        with open(source) as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RunError(f"{source}:{line_no}: expected one JSON object per line ({e.msg}, column "
+                                     f"{e.colno})") from None
+                if not isinstance(row, dict):
+                    raise RunError(f"{source}:{line_no}: expected a JSON object, got {type(row).__name__}")
+                rows.append((f"{source}:{line_no}", row))
+        return rows
+
+    # NOTE: on Linux os.sep is "/", which every hub id ("org/name") contains, so a path is recognised by its
+    # extension, a leading "/", "." or "~", or more than one "/".
+    looks_like_path = (source.endswith((".json", ".jsonl")) or source.startswith(("/", ".", "~")) or
+                       source.count("/") > 1 or "\\" in source)
+    if looks_like_path and not os.path.isdir(source):
+        raise RunError(f"{source}: no such file")
+    try:
+        import datasets
+    except ImportError:
+        what = "is a folder" if os.path.isdir(source) else "no such file"
+        raise RunError(f"{source}: {what}; to load it as a hub dataset instead, install the datasets package "
+                         "(pip install datasets)") from None
+    try:
+        return [(f"{source}[{split}][{i}]", dict(r)) for i, r in enumerate(datasets.load_dataset(source, split=split))]
+    except (FileNotFoundError, ValueError) as e:  # unknown dataset (DatasetNotFoundError) or unknown split
+        raise RunError(f"{source}: not a file, and loading split {split!r} from the hub failed: {e}") from None
+
+
+def check_messages(value, where: str, key: str) -> None:
+    """Raise unless `value` is a list of {"role": str, "content": str} messages."""
+    for i, m in enumerate(value):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise RunError(f"{where}: field {key!r}, message {i}: expected {{'role': str, 'content': str}}, "
+                             f"got {m!r}")
+
+
+def split_transcripts(chosen: str, rejected: str, where: str) -> tuple[str, str, str]:
+    """HH-RLHF: the prompt is the shared start of both transcripts, up to and including its last Assistant tag."""
+    shared = len(os.path.commonprefix([chosen, rejected]))
+    cut = chosen.rfind(ASSISTANT_TAG, 0, shared)
+    if cut < 0:
+        raise RunError(f"{where}: 'chosen' and 'rejected' without a 'prompt' must be transcripts that share a "
+                         f"prompt ending with {ASSISTANT_TAG.strip()!r} (Anthropic HH-RLHF format)")
+    end = cut + len(ASSISTANT_TAG)
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+def split_conversations(chosen: list, rejected: list, where: str) -> tuple[list, list, list]:
+    """TRL's implicit-prompt conversational format: the prompt is the longest shared run of messages that
+    is followed by an assistant message in both conversations."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    for cut in range(shared, 0, -1):
+        if cut < min(len(chosen), len(rejected)) and chosen[cut]["role"] == rejected[cut]["role"] == "assistant":
+            return chosen[:cut], chosen[cut:], rejected[cut:]
+    raise RunError(f"{where}: 'chosen' and 'rejected' without a 'prompt' must be conversations that share the "
+                     "prompt messages and then differ from an assistant message on")
+
+
+def render_prompt(tok, messages: list[dict]) -> str:
+    """Prompt text of a conversation, ending where the assistant's reply starts."""
+    if not messages:  # transformers 5 refuses to render an empty conversation; prepare_rows drops the row
+        return ""
+    if tok.chat_template is None:  # plain fallback in the style of HH-RLHF
+        return "".join(f"\n\n{m['role'].capitalize()}: {m['content']}" for m in messages) + ASSISTANT_TAG
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_response(tok, messages: list[dict], prompt_text: str, response: list[dict]) -> str:
+    """The text that `response` adds after the rendered prompt, so prompt_text + response is the conversation."""
+    contents = "\n\n".join(m["content"] for m in response)
+    if tok.chat_template is None or not response:
+        return " " + contents if contents else ""
+    full = tok.apply_chat_template(messages + response, tokenize=False)
+    # NOTE: some templates render a finished conversation differently from a prompt (e.g. they drop earlier
+    # reasoning or add no generation header), so the full text need not extend the prompt; then use the contents.
+    return full[len(prompt_text):] if full.startswith(prompt_text) else contents
+
+
+def normalize_row(row: dict, tok, where: str) -> dict:
+    """One row in any supported format -> {"prompt": str, "raw_prompt": str | list[dict], "chosen": str | None,
+    "rejected": str | None}. `where` (e.g. "prefs.jsonl:12") goes into every error message.
+
+    Formats, told apart by the fields present and their types:
+      standard (TRL)          prompt, chosen, rejected: strings
+      conversational (TRL)    prompt, chosen, rejected: lists of {"role", "content"} messages; rendered with the
+                              tokenizer's chat template (a plain "\\n\\nRole: ..." one without a template)
+      implicit prompt         chosen, rejected only: HH-RLHF transcripts (strings) or conversations (message lists)
+                              whose shared beginning is the prompt
+      prompt only             prompt (string or messages): for online designs; chosen = rejected = None
+    """
+    has_pair = "chosen" in row or "rejected" in row
+    if has_pair:
+        for key in ("chosen", "rejected"):
+            if key not in row:
+                raise RunError(f"{where}: missing field {key!r} (a preference pair needs both 'chosen' and "
+                                 "'rejected')")
+            if not isinstance(row[key], (str, list)):
+                raise RunError(f"{where}: field {key!r} must be a string or a list of messages, got "
+                                 f"{type(row[key]).__name__}")
+            if isinstance(row[key], list):
+                check_messages(row[key], where, key)
+        chosen, rejected = row["chosen"], row["rejected"]
+        if type(chosen) is not type(rejected):
+            raise RunError(f"{where}: 'chosen' and 'rejected' must both be strings or both message lists")
+    elif "prompt" not in row:
+        raise RunError(f"{where}: missing field 'prompt' (expected prompt/chosen/rejected, chosen/rejected "
+                         f"transcripts, or a prompt alone); found fields {sorted(row)}")
+    else:
+        chosen = rejected = None
+
+    if "prompt" in row:
+        prompt = row["prompt"]
+        if not isinstance(prompt, (str, list)):
+            raise RunError(f"{where}: field 'prompt' must be a string or a list of messages, got "
+                             f"{type(prompt).__name__}")
+        if isinstance(prompt, list):
+            check_messages(prompt, where, "prompt")
+        if has_pair and type(chosen) is not type(prompt):
+            raise RunError(f"{where}: 'prompt', 'chosen' and 'rejected' must all be strings (standard format) or "
+                             "all message lists (conversational format)")
+    elif isinstance(chosen, str):
+        prompt, chosen, rejected = split_transcripts(chosen, rejected, where)
+    else:
+        prompt, chosen, rejected = split_conversations(chosen, rejected, where)
+
+    if isinstance(prompt, str):  # standard text is used as given: no chat template (as in TRL)
+        return {"prompt": prompt, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected}
+    text = render_prompt(tok, prompt)
+    if has_pair:
+        chosen, rejected = (render_response(tok, prompt, text, y) for y in (chosen, rejected))
+    return {"prompt": text, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def read_preferences(source: str, tok, split: str = "train") -> list[dict]:
+    """read_rows + normalize_row; errors name the file and line (or the row of a hub split)."""
+    return [normalize_row(row, tok, where) for where, row in read_rows(source, split)]
+
+
+def prepare_rows(rows: list[dict], tok, max_prompt_length: int) -> tuple[list[dict], dict]:
+    """Drop empty rows (empty/whitespace prompt, or a pair with an empty response), pairs whose chosen == rejected,
+    and exact duplicates (same prompt, chosen, rejected); count prompts longer than max_prompt_length tokens (they
+    are truncated from the left later, not dropped). Returns the kept rows and the counts
+    {"rows": n_in, "empty": .., "identical": .., "duplicates": .., "long_prompts": ..}."""
+    counts = {"rows": len(rows), "empty": 0, "identical": 0, "duplicates": 0, "long_prompts": 0}
+    kept, seen = [], set()
+    for r in rows:
+        pair = r["chosen"] is not None
+        key = (r["prompt"], r["chosen"], r["rejected"])
+        if not r["prompt"].strip() or (pair and not (r["chosen"].strip() and r["rejected"].strip())):
+            counts["empty"] += 1
+        elif pair and r["chosen"] == r["rejected"]:  # no preference signal, and Δ = 0 for every θ
+            counts["identical"] += 1
+        elif key in seen:  # a repeated pair would count twice in every epoch
+            counts["duplicates"] += 1
+        else:
+            seen.add(key)
+            kept.append(r)
+    if kept:
+        lengths = [len(ids) for ids in tok([r["prompt"] for r in kept], add_special_tokens=False).input_ids]
+        counts["long_prompts"] = sum(n > max_prompt_length for n in lengths)
+    return kept, counts
+
+
+def split_eval(rows: list[dict], eval_fraction: float, max_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out a random eval_fraction of the rows (at most max_eval, at least 1 when eval_fraction > 0 and there are
+    at least 2 rows) as evaluation prompts; deterministic given seed. Returns (train_rows, eval_rows).
+
+    Prompts, not rows, are held out: a prompt with several pairs goes wholly to one side (so the fraction is of
+    distinct prompts), and eval_rows has one row per held-out prompt. Both sides keep the input order.
+    """
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))  # distinct, in first-seen order
+    n_eval = 0
+    if eval_fraction > 0 and len(prompts) >= 2:
+        n_eval = min(max(1, round(eval_fraction * len(prompts))), max_eval, len(prompts) - 1)  # keep 1 to train on
+    held = set(random.Random(seed).sample(prompts, n_eval))
+    train_rows = [r for r in rows if r["prompt"] not in held]
+    first = {}
+    for r in rows:
+        first.setdefault(r["prompt"], r)
+    eval_rows = [first[p] for p in prompts if p in held]
+    return train_rows, eval_rows
+
+
+def load_preferences(args: Args, tok) -> tuple[list[dict], list[dict]]:
+    """Training rows and evaluation rows from --dataset (and --eval-split): cleaned, counted and checked."""
+    rows, counts = prepare_rows(read_preferences(args.dataset, tok, args.dataset_split), tok, args.max_prompt_length)
+    print(f"{args.dataset}: {counts['rows']} rows; dropped {counts['empty']} empty, {counts['identical']} with "
+          f"chosen == rejected, {counts['duplicates']} duplicates; {counts['long_prompts']} prompts are longer than "
+          f"{args.max_prompt_length} tokens and lose their beginning")
+    if args.eval_split:  # a file of its own, or a split of the hub dataset
+        own_file = os.path.exists(args.eval_split)
+        source, split = (args.eval_split, "train") if own_file else (args.dataset, args.eval_split)
+        eval_rows, _ = prepare_rows(read_preferences(source, tok, split), tok, args.max_prompt_length)
+    else:
+        rows, eval_rows = split_eval(rows, args.eval_fraction, args.eval_prompts, args.seed)
+    if not eval_rows:
+        print("no held-out prompts: evaluating on training prompts")
+        eval_rows = rows
+    prompt_only = sum(r["chosen"] is None for r in rows)
+    if prompt_only and (route_probs(args)[OFFLINE] > 0 or route_probs(args)[DP] > 0):
+        raise RunError(f"--design {args.design} trains on dataset pairs, but {prompt_only} rows of {args.dataset} "
+                       "have only a prompt: give pairs, or use --design online-dpo or sail-pr with --pr-fraction 1")
+    if len(rows) < args.batch_size:
+        raise RunError(f"{args.dataset}: {len(rows)} usable rows for training, fewer than one batch "
+                       f"(--batch-size {args.batch_size})")
+    return rows, eval_rows[:args.eval_prompts]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -561,25 +869,27 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
 # Evaluation: gold reward, win rate against the reference, KL to the reference, on held-out prompts
 
 @torch.no_grad()
-def evaluate(policy, ref, tok, prompts: list[str], oracle, args: Args, amp_dtype=torch.float32,
+def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=torch.float32,
              batch_size: int = 64) -> dict:
-    """Sample one response per prompt from the policy and from the reference (same seeds) and compare them.
+    """Sample one response per prompt of `rows` from the policy and from the reference (same seeds), compare them.
 
     objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ(y|x) − log pi_ref(y|x)].
     """
     device = next(policy.parameters()).device
     kl, gold, wins = [], [], []
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
-        prompt_ids, prompt_mask = encode_prompts(tok, chunk, args.max_prompt_length, device)  # (B, P)
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in chunk], args.max_prompt_length,
+                                                 device)  # (B, P)
         with autocast(device, amp_dtype):
             ys = sample(policy, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args)
             batch = join(prompt_ids, prompt_mask, ys, tok.pad_token_id)  # each (B, T)
             kl += (sequence_logps(policy, *batch) - sequence_logps(ref, *batch)).tolist()
             if oracle is not None:
                 ys_ref = sample(ref, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args)
-                g_pol = oracle(chunk, tok.batch_decode(ys, skip_special_tokens=True))
-                g_ref = oracle(chunk, tok.batch_decode(ys_ref, skip_special_tokens=True))
+                raw_prompts = [r["raw_prompt"] for r in chunk]
+                g_pol = oracle(raw_prompts, tok.batch_decode(ys, skip_special_tokens=True))
+                g_ref = oracle(raw_prompts, tok.batch_decode(ys_ref, skip_special_tokens=True))
                 gold += g_pol
                 wins += [float(a > b) + 0.5 * float(a == b) for a, b in zip(g_pol, g_ref)]  # ties count half
     metrics = {"objective/kl": float(np.mean(kl))}
@@ -590,6 +900,45 @@ def evaluate(policy, ref, tok, prompts: list[str], oracle, args: Args, amp_dtype
 
 # ----------------------------------------------------------------------------------------------------------------
 # Training
+
+def list_checkpoints(output_dir: str) -> list[str]:
+    """Complete checkpoints in output_dir, oldest first (a checkpoint gets its name only once fully written)."""
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    return [os.path.join(output_dir, n) for n in sorted(names) if re.fullmatch(r"checkpoint-\d{7}", n)]
+
+
+def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, scaler, keep_last: int):
+    """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically."""
+    final = os.path.join(output_dir, f"checkpoint-{step:07d}")
+    tmp = os.path.join(output_dir, f".tmp-checkpoint-{step:07d}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng}, os.path.join(tmp, "trainer_state.pt"))
+    # The data position needs no state: batch_indices and rollout_seed are functions of (seed, step).
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # atomic: a crash leaves the previous checkpoints and at most a .tmp folder
+    for old in list_checkpoints(output_dir)[:-keep_last] if keep_last else []:
+        shutil.rmtree(old)
+
+
+def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
+    """Restore what save_checkpoint wrote; returns the number of steps already done."""
+    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)  # our own file (RNG tuples)
+    policy.load_state_dict(type(policy).from_pretrained(path, dtype=torch.float32).state_dict())
+    opt.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if torch.cuda.is_available() and state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["step"]
+
 
 def rollout_seed(seed: int, rollout: int) -> int:
     """One seed per (run seed, rollout index): routing, sampling and labels of a rollout can be replayed."""
@@ -603,9 +952,14 @@ def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int) -> list
     return [int(perm(p // n_rows)[p % n_rows]) for p in positions]
 
 
-def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_prompts: list[str],
-          amp_dtype=torch.float32, log: Callable[[dict], None] = lambda m: None) -> list[dict]:
-    """The SAIL training loop. Returns the metrics of every step (and of every evaluation)."""
+def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
+          checkpoint_dir: Optional[str] = None, resume_from: Optional[str] = None,
+          log: Callable[[dict], None] = lambda m: None) -> list[dict]:
+    """The SAIL training loop. Returns the metrics of every step (and of every evaluation).
+
+    With a checkpoint_dir it saves a checkpoint every --save-every steps and at the end; resume_from is a checkpoint
+    to continue from (policy weights, optimizer, schedule, GradScaler, step and random states).
+    """
     from transformers import get_scheduler
 
     device = next(policy.parameters()).device
@@ -616,16 +970,17 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_prompts: 
     probs = torch.tensor(route_probs(args))  # (4,) P(offline), P(DP), P(PP), P(PR)
     resp_coefs, label_coefs = (torch.tensor(c, device=device) for c in route_coefs(args))  # (4,) each
     B, history = args.batch_size, []
+    start = load_checkpoint(resume_from, policy, opt, scheduler, scaler) if resume_from else 0
     policy.train()
 
-    progress = tqdm(range(args.steps), desc=f"{args.design}", dynamic_ncols=True)
+    progress = tqdm(range(start, args.steps), desc=args.design, initial=start, total=args.steps, dynamic_ncols=True)
     for step in progress:
         t0, stats = time.perf_counter(), []
         for micro in range(args.grad_accum):
             rollout = step * args.grad_accum + micro
             g = torch.Generator().manual_seed(rollout_seed(args.seed, rollout))
             batch = [rows[i] for i in batch_indices(len(rows), B, args.seed, rollout)]
-            prompts = [r["prompt"] for r in batch]
+            prompts, raw_prompts = [r["prompt"] for r in batch], [r["raw_prompt"] for r in batch]
             source = torch.multinomial(probs, B, replacement=True, generator=g)  # (B,) OFFLINE/DP/PP/PR
             on_policy, self_labeled = (source == PP) | (source == PR), (source == DP) | (source == PP)
             prompt_ids, prompt_mask = encode_prompts(tok, prompts, args.max_prompt_length, device)  # (B, P)
@@ -662,7 +1017,7 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_prompts: 
             if oracle_rows:
                 texts1 = tok.batch_decode([y1[i] for i in oracle_rows], skip_special_tokens=True)
                 texts2 = tok.batch_decode([y2[i] for i in oracle_rows], skip_special_tokens=True)
-                z[oracle_rows], ties = oracle_label(oracle, [prompts[i] for i in oracle_rows], texts1, texts2,
+                z[oracle_rows], ties = oracle_label(oracle, [raw_prompts[i] for i in oracle_rows], texts1, texts2,
                                                     args.oracle_label, g)
 
             # 4. loss and backward: order each pair as (y_w, y_l) and add the bilevel terms where they apply
@@ -684,7 +1039,12 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_prompts: 
                 **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
                 "labels/ties": float(ties)})
 
-        # 5. optimizer step: unscale (fp16), clip, step, schedule
+        # 5. optimizer step: unscale (fp16), clip, step, schedule. A non-finite loss stops the run before the step,
+        # so the last checkpoint stays good.
+        loss = float(np.mean([float(s["loss"]) for s in stats]))
+        if not math.isfinite(loss):
+            raise RunError(f"the loss is {loss} at step {step + 1}: stopped before the update; the last checkpoint "
+                           f"in {checkpoint_dir} is intact (try a lower --lr or --dtype fp32)")
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm or float("inf"))
         scaler.step(opt)
@@ -697,15 +1057,15 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_prompts: 
         for key in dict.fromkeys(k for s in stats for k in s):  # every key, in order (sample_kl may be absent)
             metrics[key] = float(np.mean([float(s[key]) for s in stats if key in s]))
         metrics["timing/samples_per_s"] = B * args.grad_accum / (time.perf_counter() - t0)
-        if not math.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"non-finite loss at step {step + 1}")
         if (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps:
             policy.eval()
-            evaluation = evaluate(policy, ref, tok, eval_prompts, oracle, args, amp_dtype)
+            evaluation = evaluate(policy, ref, tok, eval_rows, oracle, args, amp_dtype)
             metrics.update({"eval/" + k: v for k, v in evaluation.items()})
             policy.train()
         history.append(metrics)
         log(metrics)
+        if checkpoint_dir and ((args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps):
+            save_checkpoint(checkpoint_dir, step + 1, policy, tok, opt, scheduler, scaler, args.keep_last)
         progress.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
                               ("loss", "rewards/margins", "eval/gold/reward") if k in metrics})
     return history
@@ -742,9 +1102,10 @@ def build_embedded_task(args: Args, device):
         first_wins, _ = oracle_label(gold_reward, chunk, texts[:len(chunk)], texts[len(chunk):], "sample", g)
         for j, prompt in enumerate(chunk):
             a, b = texts[j], texts[len(chunk) + j]
-            rows.append({"prompt": prompt, "chosen": a if first_wins[j] else b, "rejected": b if first_wins[j] else a})
-    eval_prompts = [random_review(rng)[0] for _ in range(args.eval_prompts)]
-    return policy, tok, rows, eval_prompts
+            rows.append({"prompt": prompt, "raw_prompt": prompt, "chosen": a if first_wins[j] else b,
+                         "rejected": b if first_wins[j] else a})
+    eval_rows = [{"prompt": p, "raw_prompt": p} for p, _ in (random_review(rng) for _ in range(args.eval_prompts))]
+    return policy, tok, rows, eval_rows
 
 
 def choose_precision(args: Args, device: torch.device):
@@ -783,6 +1144,63 @@ def enable_gradient_checkpointing(model):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+RESUMABLE = {"steps", "eval_every", "eval_prompts", "save_every", "keep_last", "resume", "overwrite", "report_to",
+             "device"}  # flags that may change when a run is continued
+
+
+def prepare_output_dir(args: Args) -> Optional[str]:
+    """Start, resume or refuse: returns the checkpoint to continue from, or None to start from scratch."""
+    checkpoints = list_checkpoints(args.output_dir)
+    if not checkpoints:
+        return None
+    if args.overwrite:
+        for path in checkpoints:
+            shutil.rmtree(path)
+        print(f"--overwrite: deleted {len(checkpoints)} checkpoint(s) of an earlier run in {args.output_dir}")
+        return None
+    try:
+        with open(os.path.join(args.output_dir, "args.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = {}
+    differs = [k for k, v in dataclasses.asdict(args).items() if k not in RESUMABLE and saved.get(k) != v]
+    if differs and not args.resume:
+        raise RunError(f"{args.output_dir} holds a checkpoint of a different run (it differs in "
+                       f"{', '.join('--' + k.replace('_', '-') for k in differs)}): pass --resume to continue it "
+                       "with these flags, --overwrite to start over, or choose another --output-dir")
+    print(f"resuming from {checkpoints[-1]}" + (f" with changed {', '.join(differs)}" if differs else ""))
+    return checkpoints[-1]
+
+
+def make_reporter(args: Args) -> Callable[[dict], None]:
+    """TensorBoard or Weights & Biases logging, only when asked for (and installed)."""
+    if args.report_to == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RunError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+        writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
+        return lambda m: [writer.add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]
+    if args.report_to == "wandb":
+        try:
+            import wandb
+        except ImportError:
+            raise RunError("--report-to wandb needs the wandb package: pip install wandb") from None
+        run = wandb.init(project="bilevel_rlhf", config=dataclasses.asdict(args), dir=args.output_dir)
+        return lambda m: run.log(m, step=m["step"])
+    return lambda m: None
+
+
+def fit_context(args: Args, context: Optional[int]):
+    """Resolve --max-prompt-length so that prompt + response fits the model's context (None = unknown)."""
+    if args.max_prompt_length is None:
+        args.max_prompt_length = min(512, context - args.max_new_tokens) if context else 512
+    if args.max_prompt_length < 1 or (context and args.max_prompt_length + args.max_new_tokens > context):
+        raise RunError(f"--max-prompt-length {args.max_prompt_length} + --max-new-tokens {args.max_new_tokens} do "
+                       f"not fit the model's context of {context} tokens (prompts are truncated from the left to "
+                       "--max-prompt-length): lower one of them")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
 
@@ -798,17 +1216,18 @@ def main(argv=None) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    # policy, reference, data, oracle
+    # policy, data and oracle: every input is checked here, before anything is written
     if args.model is None:
-        policy, tok, rows, eval_prompts = build_embedded_task(args, device)
-        oracle = gold_reward
+        fit_context(args, EMBEDDED_CONTEXT)
+        policy, tok, rows, eval_rows = build_embedded_task(args, device)
+        oracle = load_reward_fn(args.reward_fn) if args.reward_fn else gold_reward
     else:
         policy, tok = load_policy(args.model, device)
-        rows = load_jsonl_pairs(args.dataset)
-        n_eval = min(args.eval_prompts, len(rows) // 5)  # hold out up to a fifth of the prompts
-        rows, eval_rows = (rows[:-n_eval], rows[-n_eval:]) if n_eval else (rows, rows[:args.eval_prompts])
-        eval_prompts = [r["prompt"] for r in eval_rows]
-        oracle = reward_model_oracle(args.reward_model, device) if args.reward_model else None
+        fit_context(args, getattr(policy.config, "max_position_embeddings", None))
+        rows, eval_rows = load_preferences(args, tok)
+        oracle_dtype = amp_dtype if device.type == "cuda" else torch.float32
+        oracle = (reward_model_oracle(args.reward_model, device, oracle_dtype, args.reward_batch_size)
+                  if args.reward_model else load_reward_fn(args.reward_fn) if args.reward_fn else None)
     for m in policy.modules():  # no dropout: the labelers reuse the training forward (as TRL's DPO does)
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
@@ -816,20 +1235,35 @@ def main(argv=None) -> dict:
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     n_params = sum(p.numel() for p in policy.parameters())
-    print(f"policy: {args.model or 'embedded tiny GPT-2'} ({n_params / 1e6:.2f}M parameters), {len(rows)} pairs, "
-          f"design {args.design}, loss {args.loss}, route probabilities "
+    print(f"policy: {args.model or 'embedded tiny GPT-2'} ({n_params / 1e6:.2f}M parameters), {len(rows)} rows, "
+          f"{len(eval_rows)} eval prompts, design {args.design}, loss {args.loss}, route probabilities "
           f"{dict(zip(SOURCES, (round(p, 3) for p in route_probs(args))))}, "
           f"{args.batch_size} x {args.grad_accum} = {args.batch_size * args.grad_accum} pairs per step")
 
-    # align
+    # output folder: resume, refuse or start; then args.json and metrics.jsonl (kept up to the checkpoint's step)
+    report = make_reporter(args)
+    resume_from = prepare_output_dir(args)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "args.json"), "w") as f:
         json.dump(dataclasses.asdict(args), f, indent=2)
-    before = evaluate(ref, ref, tok, eval_prompts, oracle, args, amp_dtype)
-    with open(os.path.join(args.output_dir, "metrics.jsonl"), "w") as f:
-        history = train(args, policy, ref, tok, rows, oracle, eval_prompts, amp_dtype,
-                        log=lambda m: (f.write(json.dumps(m) + "\n"), f.flush()))
-    after = {k[len("eval/"):]: v for k, v in history[-1].items() if k.startswith("eval/")}
+    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    done = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
+    kept = [line for line in open(metrics_path) if json.loads(line)["step"] <= done] if done else []
+    with open(metrics_path, "w") as f:
+        f.writelines(kept)
+
+    # align
+    t0 = time.perf_counter()
+    before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype)
+    with open(metrics_path, "a") as f:
+        def log(metrics):
+            f.write(json.dumps(metrics) + "\n")
+            f.flush()
+            report(metrics)
+        history = train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype, checkpoint_dir=args.output_dir,
+                        resume_from=resume_from, log=log)
+    final = [json.loads(line) for line in open(metrics_path)][-1]
+    after = {k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/")}
 
     # report and save
     keys = [k for k in ("gold/reward", "gold/win_rate", "objective/kl") if k in after]
@@ -838,9 +1272,21 @@ def main(argv=None) -> dict:
         print(f"{name:24s}" + "".join(f"{m[k]:16.3f}" for k in keys))
     policy.save_pretrained(args.output_dir)
     tok.save_pretrained(args.output_dir)
-    print(f"saved the aligned model and tokenizer to {args.output_dir}")
+    checkpoints = ", ".join(os.path.basename(c) for c in list_checkpoints(args.output_dir))
+    print(f"{len(history)} steps in {time.perf_counter() - t0:.0f} s; the aligned model and tokenizer are in "
+          f"{args.output_dir} (checkpoints: {checkpoints})")
     return {"before": before, "after": after, "history": history}
 
 
+def cli(argv=None) -> int:
+    """The command line: a RunError is printed as one line on stderr, exit code 2, no traceback."""
+    try:
+        main(argv)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -8,12 +8,16 @@
 6. CUDA-only checks (skipped without a GPU).
 """
 
+import importlib.util
 import itertools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
+import types
 from types import SimpleNamespace
 
 import pytest
@@ -293,8 +297,12 @@ def test_labelers():
 
 def toy_rows(n=32, seed=0):
     rng = random.Random(seed)
-    return [{"prompt": p, "chosen": r, "rejected": br.random_review(rng)[1]} for p, r in
+    return [{"prompt": p, "raw_prompt": p, "chosen": r, "rejected": br.random_review(rng)[1]} for p, r in
             (br.random_review(rng) for _ in range(n))]
+
+
+def eval_rows(*prompts):
+    return [{"prompt": p, "raw_prompt": p} for p in prompts]
 
 
 def run_loop(seed, design="mix", steps=3, **overrides):
@@ -304,7 +312,7 @@ def run_loop(seed, design="mix", steps=3, **overrides):
     args = br.validate(br.Args(design=design, seed=seed, steps=steps, batch_size=8, grad_accum=2, eval_every=2,
                                eval_prompts=4, max_new_tokens=8, dp_fraction=0.3, pp_fraction=0.3,
                                pr_fraction=0.3, output_dir="unused", **overrides))
-    history = br.train(args, model, ref, tok, toy_rows(), br.gold_reward, ["the plot", "it", "i", "the cast"])
+    history = br.train(args, model, ref, tok, toy_rows(), br.gold_reward, eval_rows("the plot", "it", "i", "the cast"))
     return history, model
 
 
@@ -366,7 +374,7 @@ def tiny_files(tmp_path_factory):
     tok.save_pretrained(root / "rm")
     with open(root / "prefs.jsonl", "w") as f:
         for row in toy_rows(40):
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps({k: row[k] for k in ("prompt", "chosen", "rejected")}) + "\n")
     return root
 
 
@@ -377,8 +385,9 @@ def run_cli(*flags, cwd=None):
 
 @pytest.mark.parametrize("design,extra", [("dpo", ["--loss", "ipo"]), ("mix", ["--gradient-checkpointing"])])
 def test_command_line_on_a_saved_tiny_model(tiny_files, tmp_path, design, extra):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    assert AutoTokenizer.from_pretrained(tiny_files / "policy").pad_token is None  # handled: EOS pads by position
     out = tmp_path / "run"
     result = run_cli("--model", tiny_files / "policy", "--dataset", tiny_files / "prefs.jsonl", "--reward-model",
                      tiny_files / "rm", "--design", design, "--steps", 3, "--batch-size", 4, "--max-new-tokens", 6,
@@ -405,6 +414,7 @@ def test_help_documents_every_flag():
     (["--model", "x", "--dataset", "y.jsonl", "--design", "sail-pr"], "--reward-model"),
     (["--design", "mix", "--dp-fraction", "0.9"], "more than 1"),
     (["--design", "nope"], "invalid choice"),
+    (["--loss", "nope"], "invalid choice"),
     (["--beta", "0"], "--beta"),
     (["--dtype", "fp16", "--device", "cpu"], "needs a CUDA device"),
 ])
@@ -461,7 +471,430 @@ def test_cuda_mixed_precision_training(dtype):
     before = [p.detach().clone() for p in model.parameters()]
     args = br.validate(br.Args(design="mix", steps=2, batch_size=8, eval_every=0, eval_prompts=4, max_new_tokens=8,
                                dp_fraction=0.3, pp_fraction=0.3, pr_fraction=0.3, lr=1e-3))
-    history = br.train(args, model, ref, tok, toy_rows(), br.gold_reward, ["the plot", "it"], amp_dtype=dtype)
+    history = br.train(args, model, ref, tok, toy_rows(), br.gold_reward, eval_rows("the plot", "it"), amp_dtype=dtype)
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in history)
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
     assert next(model.parameters()).dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. Preference data: formats, cleaning, held-out prompts
+
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def plain_tok():
+    return br.build_tokenizer()  # word-level, no chat template
+
+
+@pytest.fixture(scope="module")
+def chat_tok():
+    tok = br.build_tokenizer()
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7a. read_rows
+
+def test_read_jsonl_skips_blank_lines(tmp_path):
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "d"}]
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps(rows[0]), "", "   ", json.dumps(rows[1])])
+    assert br.read_rows(path) == [(f"{path}:1", rows[0]), (f"{path}:4", rows[1])]
+
+
+def test_read_json_list(tmp_path):
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "d"}]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(rows, indent=2))
+    assert [row for _, row in br.read_rows(str(path))] == rows
+
+
+def test_malformed_jsonl_line_names_the_line(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", ['{"prompt": "a"}', "", '{"prompt": "b",}', '{"prompt": "c"}'])
+    with pytest.raises(br.RunError, match=r"p\.jsonl:3: expected one JSON object per line"):
+        br.read_rows(path)
+
+
+def test_jsonl_line_that_is_not_an_object(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", ['{"prompt": "a"}', '["a", "b"]'])
+    with pytest.raises(br.RunError, match=r"p\.jsonl:2: expected a JSON object, got list"):
+        br.read_rows(path)
+
+
+@pytest.mark.parametrize("content", ['{"data": [{"prompt": "a"}]}', '[{"prompt": "a"}, 3]'])
+def test_json_top_level_must_be_a_list_of_objects(tmp_path, content):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    with pytest.raises(br.RunError, match="top-level JSON list of objects"):
+        br.read_rows(str(path))
+
+
+def test_invalid_json_file(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')  # JSONL named .json
+    with pytest.raises(br.RunError, match=r"p\.json:2: invalid JSON .*\.jsonl"):
+        br.read_rows(str(path))
+
+
+@pytest.mark.parametrize("name", ["missing.jsonl", "data/missing.json", "./missing", "a/b/c"])
+def test_missing_path_is_not_tried_on_the_hub(tmp_path, monkeypatch, name):
+    def load_dataset(*a, **k):
+        raise AssertionError("a path must not be looked up on the hub")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(br.RunError, match=f"^{name}: no such file$"):
+        br.read_rows(name)
+
+
+def test_hub_dataset_uses_datasets_with_the_split(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("datasets")
+
+    def load_dataset(name, split):
+        calls.append((name, split))
+        return [{"prompt": "a", "chosen": "b", "rejected": "c"}]
+
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.chdir(tmp_path)
+    expected = [("org/prefs[test][0]", {"prompt": "a", "chosen": "b", "rejected": "c"})]
+    assert br.read_rows("org/prefs", split="test") == expected
+    assert calls == [("org/prefs", "test")]
+
+
+def test_hub_dataset_without_datasets_installed(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(br.RunError, match=r"org/prefs: no such file.*pip install datasets"):
+        br.read_rows("org/prefs")
+
+
+def test_hub_dataset_not_found(monkeypatch, tmp_path):
+    fake = types.ModuleType("datasets")
+
+    def load_dataset(name, split):
+        raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
+
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(br.RunError, match="org/nope: not a file, and loading split 'train' from the hub failed"):
+        br.read_rows("org/nope")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# normalize_row: the four formats
+
+def test_standard_format(chat_tok):
+    row = {"prompt": "the movie", "chosen": " was great .", "rejected": " was dull .", "extra": 1}
+    # the chat template is not applied to plain-text prompts
+    assert br.normalize_row(row, chat_tok, "x") == {"prompt": "the movie", "raw_prompt": "the movie",
+                                                    "chosen": " was great .", "rejected": " was dull ."}
+
+
+def test_conversational_with_chat_template(chat_tok):
+    prompt = [{"role": "system", "content": "be kind"}, user("hi")]
+    row = {"prompt": prompt, "chosen": [assistant("hello")], "rejected": [assistant("go away")]}
+    out = br.normalize_row(row, chat_tok, "x")
+    assert out == {"prompt": "<|system|>be kind\n<|user|>hi\n<|assistant|>", "raw_prompt": prompt,
+                   "chosen": "hello\n", "rejected": "go away\n"}
+    full = chat_tok.apply_chat_template(prompt + [assistant("hello")], tokenize=False)
+    assert out["prompt"] + out["chosen"] == full  # prompt + response is the rendered conversation
+
+
+def test_conversational_template_that_does_not_extend_the_prompt():
+    tok = br.build_tokenizer()
+    # the generation header differs from the header of a finished assistant turn
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+                         "{% if add_generation_prompt %}[reply]{% endif %}")
+    row = {"prompt": [user("hi")], "chosen": [assistant("hello")], "rejected": [assistant("bye")]}
+    out = br.normalize_row(row, tok, "x")
+    assert out["prompt"] == "[user] hi [reply]"
+    assert (out["chosen"], out["rejected"]) == ("hello", "bye")  # fallback: the response contents
+
+
+def test_conversational_without_chat_template(plain_tok):
+    prompt = [user("hi"), assistant("hello"), user("how are you")]
+    row = {"prompt": prompt, "chosen": [assistant("fine")], "rejected": [assistant("bad")]}
+    assert br.normalize_row(row, plain_tok, "x") == {
+        "prompt": "\n\nUser: hi\n\nAssistant: hello\n\nUser: how are you\n\nAssistant:", "raw_prompt": prompt,
+        "chosen": " fine", "rejected": " bad"}
+
+
+def test_hh_rlhf_format(plain_tok):
+    row = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and you?\n\nAssistant: fine",
+           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and you?\n\nAssistant: fine, thanks"}
+    prompt = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and you?\n\nAssistant:"
+    assert br.normalize_row(row, plain_tok, "x") == {"prompt": prompt, "raw_prompt": prompt, "chosen": " fine",
+                                                     "rejected": " fine, thanks"}
+
+
+def test_hh_rlhf_without_assistant_tag(plain_tok):
+    with pytest.raises(br.RunError, match=r"^hh\.jsonl:4: .*'Assistant:'"):
+        br.normalize_row({"chosen": "good answer", "rejected": "bad answer"}, plain_tok, "hh.jsonl:4")
+
+
+def test_implicit_prompt_conversations(chat_tok):
+    shared = [user("hi"), assistant("hello"), user("and you?")]
+    row = {"chosen": shared + [assistant("fine")], "rejected": shared + [assistant("bad")]}
+    out = br.normalize_row(row, chat_tok, "x")
+    assert out["raw_prompt"] == shared
+    assert out["prompt"] == "<|user|>hi\n<|assistant|>hello\n<|user|>and you?\n<|assistant|>"
+    assert (out["chosen"], out["rejected"]) == ("fine\n", "bad\n")
+
+
+def test_prompt_only(plain_tok, chat_tok):
+    assert br.normalize_row({"prompt": "the movie"}, plain_tok, "x") == {
+        "prompt": "the movie", "raw_prompt": "the movie", "chosen": None, "rejected": None}
+    out = br.normalize_row({"prompt": [user("hi")]}, chat_tok, "x")
+    assert out == {"prompt": "<|user|>hi\n<|assistant|>", "raw_prompt": [user("hi")], "chosen": None,
+                   "rejected": None}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# normalize_row: errors name the row and the field
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "a", "chosen": "b"}, r"missing field 'rejected'"),
+    ({"question": "a"}, r"missing field 'prompt'"),
+    ({"prompt": "a", "chosen": 1, "rejected": "c"},
+     r"field 'chosen' must be a string or a list of messages, got int"),
+    ({"prompt": 3}, r"field 'prompt' must be a string or a list of messages, got int"),
+    ({"prompt": "a", "chosen": [assistant("b")], "rejected": [assistant("c")]}, r"all be strings .* all message"),
+    ({"prompt": "a", "chosen": 1, "rejected": "c"},
+     r"field 'chosen' must be a string or a list of messages, got int"),
+    ({"prompt": [{"role": "user"}]}, r"field 'prompt', message 0: expected"),
+    ({"prompt": [user("a")], "chosen": [{"role": "assistant", "content": None}], "rejected": [assistant("c")]},
+     r"field 'chosen', message 0"),
+])
+def test_bad_rows(plain_tok, row, message):
+    with pytest.raises(br.RunError, match=r"^prefs\.jsonl:12: .*" + message):
+        br.normalize_row(row, plain_tok, "prefs.jsonl:12")
+
+
+def test_read_preferences_names_the_line(tmp_path, plain_tok):
+    path = write_lines(tmp_path / "p.jsonl", ['{"prompt": "a", "chosen": "b", "rejected": "c"}', "", '{"prompt": 1}'])
+    with pytest.raises(br.RunError, match=r"p\.jsonl:3: field 'prompt'"):
+        br.read_preferences(path, plain_tok)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prepare_rows and split_eval
+
+def pair(prompt, chosen="a", rejected="b"):
+    return {"prompt": prompt, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def test_prepare_rows_counts(plain_tok):
+    rows = [
+        pair("the movie was"),                          # kept
+        pair("  "),                                     # empty prompt
+        pair("it was", chosen=" "),                     # empty response
+        pair("it was", chosen="same", rejected="same"),  # identical
+        pair("the movie was"),                          # duplicate of the first
+        pair("the movie was", chosen="c"),              # kept: another pair for the same prompt
+        pair("the film is very long and quiet"),        # kept, 7 tokens: long
+        {"prompt": "i loved", "raw_prompt": "i loved", "chosen": None, "rejected": None},  # kept, prompt only
+        {"prompt": "i loved", "raw_prompt": "i loved", "chosen": None, "rejected": None},  # duplicate
+    ]
+    kept, counts = br.prepare_rows(rows, plain_tok, max_prompt_length=3)
+    assert counts == {"rows": 9, "empty": 2, "identical": 1, "duplicates": 2, "long_prompts": 1}
+    assert kept == [rows[0], rows[5], rows[6], rows[7]]
+
+
+def test_split_eval_sizes_and_determinism():
+    rows = [pair(f"prompt {i}") for i in range(50)]
+    train, held = br.split_eval(rows, eval_fraction=0.1, max_eval=100, seed=0)
+    assert (len(train), len(held)) == (45, 5)
+    assert sorted(train + held, key=rows.index) == rows
+    assert br.split_eval(rows, 0.1, 100, seed=0) == (train, held)
+    assert br.split_eval(rows, 0.1, 100, seed=1)[1] != held
+    assert len(br.split_eval(rows, 0.5, max_eval=7, seed=0)[1]) == 7  # capped
+    assert len(br.split_eval(rows, 0.001, max_eval=7, seed=0)[1]) == 1  # at least one
+    assert br.split_eval(rows, 0.0, max_eval=7, seed=0) == (rows, [])
+    assert br.split_eval(rows[:1], 0.5, max_eval=7, seed=0) == (rows[:1], [])  # nothing left to train on
+    assert len(br.split_eval(rows[:2], 0.9, max_eval=7, seed=0)[0]) == 1  # keeps one row to train on
+
+
+def test_split_eval_holds_out_whole_prompts():
+    rows = [pair(f"prompt {i % 10}", chosen=f"c{i}") for i in range(40)]  # 4 pairs per prompt
+    train, held = br.split_eval(rows, eval_fraction=0.2, max_eval=100, seed=3)
+    assert len(held) == 2 and len(train) == 32  # 2 of 10 prompts, one eval row each
+    assert not {r["prompt"] for r in held} & {r["prompt"] for r in train}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 8. Checkpoints, resume, and bad input (exit code 2, one line, nothing written over)
+
+def tiny_flags(tiny_files, out, *extra):
+    return ["--model", str(tiny_files / "policy"), "--dataset", str(tiny_files / "prefs.jsonl"), "--reward-model",
+            str(tiny_files / "rm"), "--steps", "4", "--batch-size", "4", "--max-new-tokens", "6", "--eval-prompts",
+            "4", "--eval-every", "0", "--lr", "1e-3", "--output-dir", str(out), *map(str, extra)]
+
+
+def run_in_process(flags, capsys):
+    try:
+        code = br.cli(flags)
+    except SystemExit as e:  # argparse errors (checked flags) exit with code 2 themselves
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def weights(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+
+
+def test_sigkill_and_resume_gives_bitwise_the_same_weights(tiny_files, tmp_path):
+    flags = tiny_flags(tiny_files, tmp_path / "full", "--design", "mix", "--steps", 12, "--save-every", 2,
+                       "--eval-every", 1)
+    assert run_cli(*flags).returncode == 0
+
+    killed = tmp_path / "killed"
+    flags[flags.index("--output-dir") + 1] = str(killed)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "bilevel_rlhf.py"), *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (killed / "checkpoint-0000002").exists():  # kill -9 right after the first checkpoint
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoint-0000012").exists() and not (killed / "model.safetensors").exists()
+
+    resumed = run_cli(*flags)  # same command: resumes by default
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    full, again = weights(tmp_path / "full"), weights(killed)
+    assert full.keys() == again.keys() and all(torch.equal(full[k], again[k]) for k in full)
+    assert [json.loads(line)["step"] for line in open(killed / "metrics.jsonl")] == list(range(1, 13))
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-0000010", "checkpoint-0000012"]
+
+
+def test_output_dir_of_another_run_is_refused_without_resume_or_overwrite(tiny_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_in_process(tiny_flags(tiny_files, out, "--design", "dpo"), capsys)[0] == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    code, _, err = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--beta", 0.5), capsys)
+    assert code == 2 and "different run" in err and "--beta" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written over
+    code, out_text, _ = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--beta", 0.5, "--overwrite"),
+                                       capsys)
+    assert code == 0 and "--overwrite: deleted" in out_text
+    code, out_text, _ = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--beta", 0.5, "--steps", 6),
+                                       capsys)
+    assert code == 0 and "resuming from" in out_text  # same run, more steps: resumed by default
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == list(range(1, 7))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_files, tmp_path, capsys, monkeypatch):
+    calls, real_loss = [], br.sail_loss
+
+    def loss_that_diverges(*args, **kwargs):  # finite for two steps, then NaN
+        calls.append(1)
+        losses, chosen, rejected = real_loss(*args, **kwargs)
+        return (losses * float("nan") if len(calls) > 2 else losses), chosen, rejected
+
+    monkeypatch.setattr(br, "sail_loss", loss_that_diverges)
+    out = tmp_path / "run"
+    code, _, err = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--save-every", 1), capsys)
+    assert code == 2 and "at step 3" in err
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-0000001", "checkpoint-0000002"]
+    assert all(torch.isfinite(v).all() for v in weights(out / "checkpoint-0000002").values())
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+GOOD = {"prompt": "the plot", "chosen": "was great .", "rejected": "was dull ."}
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing model", "no such folder"),
+    ("malformed line", "data.jsonl:3"),
+    ("missing field", "data.jsonl:2"),
+    ("non-string field", "data.jsonl:2"),
+    ("too few rows", "fewer than one batch"),
+    ("context", "context of 64 tokens"),
+    ("prompt-only with sail-pp", "only a prompt"),
+    ("online without oracle", "--reward-model or --reward-fn"),
+    ("bad reward fn", "has no function"),
+])
+def test_bad_input_is_one_clear_line_and_exit_code_2(case, message, tiny_files, tmp_path, capsys):
+    rows = [{**GOOD, "chosen": f"was great . it was {w} ."} for w in br.POSITIVE]
+    data = tmp_path / "data.jsonl"
+    flags = {"--model": str(tiny_files / "policy"), "--dataset": str(data), "--design": "dpo", "--batch-size": "4",
+             "--output-dir": str(tmp_path / "out"), "--steps": "1", "--max-new-tokens": "6"}
+    if case == "missing model":
+        flags["--model"] = str(tmp_path / "no-such-model")
+    elif case == "malformed line":
+        rows[2] = '{"prompt": "the plot", "chosen": "was great ."'
+    elif case == "missing field":
+        rows[1] = {"prompt": "the plot", "chosen": "was great ."}
+    elif case == "non-string field":
+        rows[1] = {**GOOD, "chosen": 3}
+    elif case == "too few rows":
+        rows = rows[:3]
+    elif case == "context":
+        flags.update({"--max-prompt-length": "60", "--max-new-tokens": "10"})
+    elif case == "prompt-only with sail-pp":
+        rows = [{"prompt": f"the {n}"} for n in br.NOUNS]
+        flags["--design"] = "sail-pp"
+    elif case == "online without oracle":
+        flags["--design"] = "sail-pr"
+    elif case == "bad reward fn":
+        (tmp_path / "reward.py").write_text("def score(prompts, responses):\n    return [0.0] * len(responses)\n")
+        flags.update({"--design": "sail-pr", "--reward-fn": f"{tmp_path / 'reward.py'}:nope"})
+    write_jsonl(data, rows)
+    code, _, err = run_in_process([x for kv in flags.items() for x in kv], capsys)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_bad_input_exit_code_from_a_real_process(tiny_files, tmp_path):
+    result = run_cli("--model", tmp_path / "missing", "--dataset", tiny_files / "prefs.jsonl", "--design", "dpo")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_reward_fn_and_prompt_only_rows(tiny_files, tmp_path, capsys):
+    (tmp_path / "reward.py").write_text("def score(prompts, responses):\n"
+                                        "    return [float(len(r)) for r in responses]\n")
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"the {n}"} for n in br.NOUNS * 2])
+    flags = tiny_flags(tiny_files, tmp_path / "out", "--design", "online-dpo", "--pr-fraction", 1)
+    flags[flags.index("--dataset") + 1] = str(data)
+    at = flags.index("--reward-model")
+    flags[at:at + 2] = ["--reward-fn", f"{tmp_path / 'reward.py'}:score"]
+    code, out, err = run_in_process(flags, capsys)
+    assert code == 0, err
+    assert "eval/gold/reward" in json.loads(open(tmp_path / "out" / "metrics.jsonl").readlines()[-1])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
+def test_report_to_tensorboard_without_the_package(tiny_files, tmp_path, capsys):
+    code, _, err = run_in_process(tiny_flags(tiny_files, tmp_path / "out", "--design", "dpo", "--report-to",
+                                             "tensorboard"), capsys)
+    assert code == 2 and "pip install tensorboard" in err
