@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test clean
+.PHONY: run test compare bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,17 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q test_bilevel_rlhf.py
+
+# Benchmarks need extra packages (benchmarks/requirements.txt); the core file never imports them.
+$(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
+	$(PY) -m pip install -r benchmarks/requirements.txt
+	touch $@
+
+compare: $(VENV)/.bench-installed  # every design and the ablations on the embedded task (ARGS=--quick: ~4 min)
+	$(PY) benchmarks/compare.py $(ARGS)
+
+bench: $(VENV)/.bench-installed  # side by side with TRL's OnlineDPOTrainer (ARGS=--quick for a smoke run)
+	$(PY) benchmarks/bench_trl.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache __pycache__

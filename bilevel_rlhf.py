@@ -140,6 +140,8 @@ class Args:
     """baseline b of the response term: leave-one-out mean of ℓ over the micro-batch, or none"""
     oracle_label: Literal["sample", "argmax"] = "sample"
     """oracle labels: a Bradley-Terry draw on the scores, or the higher score (ties a coin flip)"""
+    revkl_coef: float = 0.0
+    """λ of the SAIL-RevKL penalty λ·KL(pi_ref ‖ pi_θ), per token on the batch's responses (the follow-up: 1e-3)"""
 
     # sampling
     max_new_tokens: Optional[int] = None
@@ -213,6 +215,8 @@ def validate(args: Args) -> Args:
         args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
     if not embedded and args.dataset is None:
         raise ValueError("--model needs --dataset (a .jsonl/.json file or a hub dataset id)")
+    if args.revkl_coef < 0:
+        raise ValueError(f"--revkl-coef must be >= 0, got {args.revkl_coef}")
     if args.beta <= 0:
         raise ValueError(f"--beta must be > 0, got {args.beta}")
     for name in ("dp_fraction", "pp_fraction", "pr_fraction", "dp_coef", "pp_coef", "pr_coef"):
@@ -865,6 +869,16 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
     return losses, chosen_rewards, rejected_rewards
 
 
+def reverse_kl_per_token(policy_logps, ref_logps, response_mask) -> torch.Tensor:
+    """SAIL-RevKL's penalty (ALGORITHM.md §6): the mean over the batch's response tokens of log pi_ref − log pi_θ.
+
+    policy_logps, ref_logps: sequence sums from sequence_logps, Shape (N,); response_mask: (N, T). Summing the
+    sequence sums and dividing by the token count is the token mean; sequence_logps already did the one-token shift
+    (the follow-up's code compares logits and labels at the same position).
+    """
+    return (ref_logps - policy_logps).sum() / response_mask.sum()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation: gold reward, win rate against the reference, KL to the reference, on held-out prompts
 
@@ -1028,7 +1042,11 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
                 beta=args.beta, loss_type=args.loss, response_coef=resp_coefs[source.to(device)],
                 label_coef=label_coefs[source.to(device)], on_policy=on_policy.to(device),
                 self_labeled=self_labeled.to(device), baseline=args.baseline)
-            scaler.scale(losses.mean() / args.grad_accum).backward()
+            loss = losses.mean()
+            if args.revkl_coef:  # SAIL-RevKL (ALGORITHM.md §6)
+                revkl = reverse_kl_per_token(policy_logps, ref_logps, seqs[2])
+                loss = loss + args.revkl_coef * revkl
+            scaler.scale(loss / args.grad_accum).backward()
             sample_kl = (policy_logps - ref_logps).detach().view(2, B)[:, on_policy.to(device)]  # (2, n_online)
             stats.append({
                 "loss": losses.detach().mean(),
@@ -1036,6 +1054,7 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
                 "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
                 "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
                 **({"objective/sample_kl": sample_kl.mean()} if online else {}),
+                **({"objective/revkl": revkl.detach()} if args.revkl_coef else {}),
                 **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
                 "labels/ties": float(ties)})
 

@@ -243,6 +243,27 @@ def test_left_padded_batch_logps_equal_each_sequence_alone(pad_is_eos):
         assert (no_positions - batched).abs().max() > 1e-3
 
 
+def test_reverse_kl_per_token_against_a_token_loop():
+    model, tok = tiny_model()
+    torch.manual_seed(5)
+    ref = br.build_tiny_gpt2(tok).eval()  # another random model as pi_ref
+    prompts = ["the plot", "it"]
+    responses = [encode(tok, "was great .", True), encode(tok, "was very dull . i", False)]
+    prompt_ids, prompt_mask = br.encode_prompts(tok, prompts, 64, "cpu")
+    seqs = br.join(prompt_ids, prompt_mask, responses, tok.pad_token_id)
+    with torch.no_grad():
+        got = br.reverse_kl_per_token(br.sequence_logps(model, *seqs), br.sequence_logps(ref, *seqs), seqs[2])
+        terms = []  # log pi_ref(y_t) − log pi_θ(y_t) for every response token, one at a time
+        for prompt, response in zip(prompts, responses):
+            p = encode(tok, prompt, False)
+            for t in range(len(response)):
+                ids = torch.tensor([p + response[:t + 1]])
+                terms.append(torch.log_softmax(ref(ids).logits[0, -2], -1)[response[t]]
+                             - torch.log_softmax(model(ids).logits[0, -2], -1)[response[t]])
+    assert len(terms) == 9
+    torch.testing.assert_close(got, torch.stack(terms).mean(), rtol=0, atol=1e-5)
+
+
 def test_until_first_eos_masks_by_position():
     eos = 1
     tokens = torch.tensor([[5, 1, 7, 1], [5, 6, 7, 8], [1, 1, 1, 1], [4, 4, 1, 1]])
@@ -341,6 +362,13 @@ def test_every_design_trains(design, loss):
             assert history[-1][f"route/{name}"] == 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert "eval/gold/reward" in history[-1] and history[-1]["eval/objective/kl"] == history[-1]["eval/objective/kl"]
+
+
+def test_revkl_changes_the_update():
+    _, plain = run_loop(seed=0, design="sail-pr", steps=2, warmup_steps=0)
+    history, regularized = run_loop(seed=0, design="sail-pr", steps=2, warmup_steps=0, revkl_coef=0.5)
+    assert "objective/revkl" in history[-1]
+    assert not all(torch.equal(p, q) for p, q in zip(plain.parameters(), regularized.parameters()))
 
 
 def test_online_dpo_is_sail_pr_without_the_term():

@@ -1,0 +1,188 @@
+"""What the designs do on the embedded task: gold reward against KL, every design and the ablations, several seeds.
+
+Every run aligns the same SFT reference (built once) on the same offline pairs for the same number of steps and
+pairs per step, so budgets match: steps × batch size preference pairs per run. Online designs additionally ask the
+oracle for labels of their own samples (counted in the `oracle labels` column). Each run is evaluated every
+--eval-every steps on the same held-out prompts; the points along training give one curve per method.
+
+    python benchmarks/compare.py              # the full comparison (3 seeds; about 25 minutes on 2 CPU cores)
+    python benchmarks/compare.py --quick      # a smaller task, 1 seed, fewer steps (about 4 minutes)
+
+Writes benchmarks/results/compare[_quick].{json,md,png} (the plot only when matplotlib is installed).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bilevel_rlhf as br  # noqa: E402
+
+# name -> Args overrides. The paper's values: γ = 0.3 (PR), π = 0.2 (PP), ρ = 0.2 (DP); fractions g = 0.3, p = 0.3,
+# r = 0.4; β = 0.1.
+METHODS = {
+    "dpo": {"design": "dpo"},
+    "ipo": {"design": "dpo", "loss": "ipo"},
+    "slic": {"design": "dpo", "loss": "slic"},
+    "online-dpo": {"design": "online-dpo"},
+    "sail-pr": {"design": "sail-pr"},
+    "sail-pp": {"design": "sail-pp"},
+    "sail-dp": {"design": "sail-dp"},
+    "mix": {"design": "mix"},
+}
+ABLATIONS = {
+    "sail-pr γ=1": {"design": "sail-pr", "pr_coef": 1.0},  # γ = 0 is online-dpo
+    "sail-pp π=0": {"design": "sail-pp", "pp_coef": 0.0},
+    "sail-pp π=1": {"design": "sail-pp", "pp_coef": 1.0},
+    "sail-dp ρ=0": {"design": "sail-dp", "dp_coef": 0.0},
+    "sail-dp ρ=1": {"design": "sail-dp", "dp_coef": 1.0},
+    "sail-pr T=0.9": {"design": "sail-pr", "temperature": 0.9},
+    "online-dpo T=0.9": {"design": "online-dpo", "temperature": 0.9},
+    "sail-pr + RevKL λ=1e-3": {"design": "sail-pr", "revkl_coef": 1e-3},
+}
+
+
+def sample_statistics(policy, tok, eval_rows, args) -> dict:
+    """Degeneration checks on one sample per eval prompt: length, distinct bigrams, how often EOS is reached."""
+    prompt_ids, prompt_mask = br.encode_prompts(tok, [r["prompt"] for r in eval_rows], args.max_prompt_length, "cpu")
+    ys = br.sample(policy, tok, prompt_ids, prompt_mask, n=1, seed=99, args=args)
+    bigrams = [tuple(y[i:i + 2]) for y in ys for i in range(len(y) - 1)]
+    return {"samples/length": float(np.mean([len(y) for y in ys])),
+            "samples/distinct_2": len(set(bigrams)) / max(1, len(bigrams)),
+            "samples/ended": float(np.mean([len(y) > 0 and y[-1] == tok.eos_token_id for y in ys]))}
+
+
+def run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_every) -> dict:
+    args = br.validate(br.Args(seed=seed, steps=steps, eval_every=eval_every, eval_prompts=len(eval_rows),
+                               output_dir="unused", **overrides))
+    policy = br.build_tiny_gpt2(tok)
+    policy.load_state_dict(reference.state_dict())
+    ref = br.make_reference(policy, torch.float32)
+    t0 = time.perf_counter()
+    history = br.train(args, policy, ref, tok, rows, br.gold_reward, eval_rows)
+    wall = time.perf_counter() - t0
+    curve = [{"step": m["step"], **{k[5:]: m[k] for k in m if k.startswith("eval/")}} for m in history
+             if "eval/gold/reward" in m]
+    final = curve[-1]
+    oracle_labels = round(sum(m["route/pr"] for m in history) * args.batch_size * args.grad_accum)
+    return {"method": name, "seed": seed, "wall_s": wall, "curve": curve, "gold/reward": final["gold/reward"],
+            "gold/win_rate": final["gold/win_rate"], "objective/kl": final["objective/kl"],
+            "oracle_labels": oracle_labels, **sample_statistics(policy, tok, eval_rows, args)}
+
+
+def summarize(results: list[dict], names: list[str]) -> list[dict]:
+    rows = []
+    for name in names:
+        runs = [r for r in results if r["method"] == name]
+        row = {"method": name, "seeds": len(runs)}
+        for key in ("gold/reward", "gold/win_rate", "objective/kl", "wall_s", "oracle_labels", "samples/length",
+                    "samples/distinct_2"):
+            values = np.array([r[key] for r in runs], dtype=float)
+            row[key] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], reference: dict) -> str:
+    lines = ["| method | gold reward | win rate vs ref | KL to ref | wall time (s) | oracle labels | length "
+             "| distinct-2 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |",
+             f"| reference (SFT) | {reference['gold/reward']:.3f} | 0.500 | 0.000 | | | "
+             f"{reference['samples/length']:.1f} | {reference['samples/distinct_2']:.3f} |"]
+    for r in rows:
+        def cell(key, fmt="{:.3f}"):
+            mean, std = r[key]
+            return fmt.format(mean) + (" ± " + fmt.format(std) if r["seeds"] > 1 else "")
+        lines.append(f"| {r['method']} | {cell('gold/reward')} | {cell('gold/win_rate')} | {cell('objective/kl')} | "
+                     f"{cell('wall_s', '{:.0f}')} | {r['oracle_labels'][0]:.0f} | {cell('samples/length', '{:.1f}')} | "
+                     f"{cell('samples/distinct_2')} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], names: list[str], reference: dict, path: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install -r benchmarks/requirements.txt)")
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    ablations = [n for n in names if n not in METHODS]
+    panels = [("designs (mean over seeds, a point per evaluation)", list(METHODS), []),
+              ("ablations (dashed: the designs they vary)", ablations, ["online-dpo", "sail-pr", "sail-pp", "sail-dp"])]
+    for ax, (title, solid, dashed) in zip(axes, panels):
+        ax.scatter([0], [reference["gold/reward"]], color="black", marker="*", s=120, label="reference (SFT)", zorder=3)
+        for name, style in [(n, "--") for n in dashed] + [(n, "-") for n in solid]:
+            curves = [r["curve"] for r in results if r["method"] == name]
+            if not curves:
+                continue
+            kl = np.mean([[0.0] + [p["objective/kl"] for p in c] for c in curves], axis=0)
+            gold = np.mean([[reference["gold/reward"]] + [p["gold/reward"] for p in c] for c in curves], axis=0)
+            ax.plot(kl, gold, style, marker="o", markersize=3, label=name)
+        ax.set_title(title)
+        ax.set_xlabel("KL(π_θ ‖ π_ref), nats per sequence")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("gold reward")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller task, 1 seed, 60 steps")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3, 1 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 150, 60 with --quick)")
+    parser.add_argument("--no-ablations", action="store_true", help="only the designs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the tiny model gains little from "
+                        "more, and timings do not suffer from other jobs' threads)")
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+    seeds = opts.seeds or (1 if opts.quick else 3)
+    steps = opts.steps or (60 if opts.quick else 150)
+    eval_every = max(1, steps // 6)
+    results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    out = os.path.join(results_dir, "compare_quick" if opts.quick else "compare")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+
+    t0 = time.perf_counter()
+    task_args = br.validate(br.Args(quick=opts.quick))
+    reference, tok, rows, eval_rows = br.build_embedded_task(task_args, torch.device("cpu"))
+    reference.eval()
+    ref_eval = br.evaluate(reference, reference, tok, eval_rows, br.gold_reward, task_args)
+    ref_eval.update(sample_statistics(reference, tok, eval_rows, task_args))
+    names = list(METHODS) + ([] if opts.no_ablations else list(ABLATIONS))
+    results = []
+    for seed in range(seeds):  # seeds outermost: a partial run still covers every method
+        for name in names:
+            overrides = {**METHODS, **ABLATIONS}[name]
+            results.append(run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_every))
+            r = results[-1]
+            print(f"[{time.perf_counter() - t0:5.0f} s] {name:24s} seed {seed}: gold {r['gold/reward']:.3f}, "
+                  f"win {r['gold/win_rate']:.3f}, KL {r['objective/kl']:.3f}, {r['wall_s']:.0f} s", flush=True)
+
+    table = markdown(summarize(results, names), ref_eval)
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({opts.threads} torch "
+               f"thread(s)), torch {torch.__version__}, Python {platform.python_version()}")
+    header = (f"{'Quick mode: ' if opts.quick else ''}{steps} steps × 16 pairs per run, {seeds} seed(s), "
+              f"{len(eval_rows)} eval prompts; mean ± standard deviation over seeds. Machine: {machine}. "
+              f"Total {time.perf_counter() - t0:.0f} s.")
+    with open(out + ".md", "w") as f:
+        f.write(header + "\n\n" + table + "\n")
+    with open(out + ".json", "w") as f:
+        json.dump({"reference": ref_eval, "results": results, "steps": steps, "seeds": seeds, "machine": machine}, f)
+    plotted = plot(results, names, ref_eval, out + ".png")
+    print("\n" + header + "\n\n" + table)
+    print(f"\nwrote {out}.md, {out}.json" + (f", {out}.png" if plotted else ""))
+
+
+if __name__ == "__main__":
+    main()
