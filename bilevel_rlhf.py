@@ -78,7 +78,7 @@ class Args:
     """where the aligned model, tokenizer, args.json and metrics.jsonl are written"""
     seed: int = 0
     """seeds data order, routing, sampling and labels; every rollout can be replayed from (seed, step)"""
-    steps: int = 150
+    steps: int = 300
     """optimizer steps"""
     eval_every: int = 50
     """evaluate every N steps (and at the end); 0 = only at the end"""
@@ -155,7 +155,7 @@ class Args:
 
     # optimizer
     lr: Optional[float] = None
-    """AdamW learning rate (default: 3e-4 on the embedded task, 5e-7 with --model)"""
+    """AdamW learning rate (default: 1e-4 on the embedded task, 5e-7 with --model)"""
     warmup_steps: int = 10
     """linear warm-up steps"""
     schedule: Literal["constant", "linear", "cosine"] = "constant"
@@ -208,7 +208,7 @@ def validate(args: Args) -> Args:
     """Check the flags once, fill the defaults that depend on the task, and return the args."""
     embedded = args.model is None
     if args.lr is None:
-        args.lr = 3e-4 if embedded else 5e-7
+        args.lr = 1e-4 if embedded else 5e-7
     if args.max_new_tokens is None:
         args.max_new_tokens = 24 if embedded else 128
     if embedded and args.max_prompt_length is None:

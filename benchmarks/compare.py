@@ -138,16 +138,16 @@ def plot(results: list[dict], names: list[str], reference: dict, path: str) -> b
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller task, 1 seed, 60 steps")
+    parser.add_argument("--quick", action="store_true", help="smaller task, 1 seed, 120 steps")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3, 1 with --quick)")
-    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 150, 60 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 300, 120 with --quick)")
     parser.add_argument("--no-ablations", action="store_true", help="only the designs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the tiny model gains little from "
                         "more, and timings do not suffer from other jobs' threads)")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     seeds = opts.seeds or (1 if opts.quick else 3)
-    steps = opts.steps or (60 if opts.quick else 150)
+    steps = opts.steps or (120 if opts.quick else 300)
     eval_every = max(1, steps // 6)
     results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     out = os.path.join(results_dir, "compare_quick" if opts.quick else "compare")

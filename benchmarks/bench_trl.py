@@ -1,0 +1,572 @@
+"""
+Throughput, memory and quality of this project's online trainers against TRL's OnlineDPOTrainer (issue 5).
+
+One command, one process tree, one run:
+
+    .venv/bin/python benchmarks/bench_trl.py           # full: 5 repeats x 5 methods x 40 steps (~6 min on 2 CPUs)
+    .venv/bin/python benchmarks/bench_trl.py --quick    # smoke run (~1-2 min)
+
+What is compared. The embedded task is built once (`bilevel_rlhf.build_embedded_task`: tokenizer, SFT reference
+GPT-2, preference rows, eval prompts; in a `--worker prepare` subprocess, so that the parent stays small: Linux
+carries a parent's peak RSS into its children's ru_maxrss), the SFT model and tokenizer are saved with
+save_pretrained and the rows as JSON into a temporary folder, and then the parent runs every (method, repeat) in
+its own subprocess (this file again, with `--worker METHOD --repeat K`), interleaving the methods within each
+repeat so that load from other jobs on the machine spreads over all of them. Every worker loads the same SFT
+model, trains it for the same number of steps on the same prompts, in the same order, with the same oracle
+(`bilevel_rlhf.gold_reward`), batch of prompts, 2 samples per prompt, new-token budget, sampling (temperature 1,
+no top-k / top-p), beta, learning rate, warm-up and clipping, fp32 on the CPU, and the same torch.set_num_threads:
+
+    online-dpo   bilevel_rlhf, --design online-dpo --pr-fraction 1 (fully online: every pair sampled + oracle labels)
+    sail-pr      bilevel_rlhf, --design sail-pr --pr-fraction 1 (online DPO + the response term (2), γ = 0.3)
+    mix          bilevel_rlhf, --design mix with the paper's fractions r/p/g = 0.4/0.3/0.3 (by default): only
+                 the PP and PR examples (~60 %) are sampled from the policy, DP examples are dataset pairs
+                 relabelled by the policy, so mix does less generation per pair than the others
+    trl-default  trl.experimental.online_dpo.OnlineDPOTrainer with TRL's default gradient checkpointing
+    trl-flipped  the same with gradient checkpointing flipped (TRL 1.16's default is on, so this is "off")
+
+Measurements, defined the same way for every method:
+  - samples/s: prompts x 2 completions per second of training-loop wall time. The loop time is the sum of the
+    per-step times, steps 2..N (step 1 is a warm-up and excluded; `samples_per_s_all_steps` includes it). For this
+    project the step time comes from the history's `timing/samples_per_s` (it is taken before the evaluation of the
+    last step, so evaluation is excluded); for TRL from a TrainerCallback (on_step_begin -> on_step_end: generation,
+    forwards, reward, backward, clip, optimizer and scheduler step; TRL prefetches the batch before on_step_begin and
+    logs after on_step_end). Model loading, trainer construction and evaluation are excluded for both.
+  - peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the worker process at the end (MiB; it includes the
+    imports: TRL's worker also imports trl, datasets and accelerate). VmHWM from /proc/self/status is recorded too.
+  - quality: after training, `bilevel_rlhf.evaluate(policy, ref, tok, eval_rows, gold_reward, args)` on the embedded
+    task's eval prompts: gold reward, win rate against the reference, KL(π_θ ‖ π_ref).
+
+Threads: torch.set_num_threads(--threads, default 1) in every worker and in the task build. On the 2-core
+development machine shared with other jobs, torch's default of 2 OpenMP threads made the SFT step ~30x slower
+(1.3 s vs 0.045 s) and TRL's steps erratic (0.5-8 s); one thread per worker is stable.
+
+Each repeat K uses seed K - 1 (this project's data order and sampling; TRL's set_seed). TRL's dataset is the
+exact prompt sequence this project's run of the same seed visits (`bilevel_rlhf.batch_indices`), read with
+train_sampling_strategy="sequential", so both see the same prompts in the same order.
+
+Differences in TRL 1.16's OnlineDPOTrainer that this benchmark sets or reports (NOTES, also in the summary):
+  - gradient checkpointing is on by default (TRL's _BaseConfig overrides TrainingArguments); with it on, TRL also
+    generates with use_cache=False (no KV cache: every new token re-runs the whole prefix), although it switches
+    checkpointing off around generate(); this project keeps the KV cache under --gradient-checkpointing
+  - bf16 defaults to True (`bf16 = not fp16`), even on a CPU: set to False here, so both sides train in fp32
+  - the default learning rate is 5e-7 and temperature 0.9: set to the benchmark's lr and to 1.0
+  - labels: TRL takes the higher reward and gives ties to the first sample; this project draws a Bradley-Terry label
+    (--oracle-label sample, its default; --oracle-label argmax here for the deterministic rule, ties a coin flip)
+  - _forward passes no position_ids, so left-padded prompts are scored at shifted positions (generate() counts
+    positions from the first real token): on the quick task's SFT model, 49 of 64 prompts are padded and their sequence
+    log-probs differ by ~1.0 nat from the positions they were sampled at; this project counts positions from the
+    first real token
+  - the optimizer is adamw_torch_fused (transformers' default with torch >= 2.8); this project uses
+    torch.optim.AdamW
+  - transformers 5.24 warns (FutureWarning) that TRL's gradient_checkpointing / gradient_checkpointing_enable /
+    is_gradient_checkpointing / gradient_checkpointing_disable are deprecated (renamed activation_checkpointing*);
+    importing trl.experimental warns that the API is unstable
+
+Only this file and benchmarks/results/ are written; the temporary folder is removed at the end.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+NOTES = [
+    ("gradient checkpointing is on by default (TRL's _BaseConfig overrides TrainingArguments); with it on, TRL "
+     "also generates with use_cache=False (no KV cache: every new token re-runs the whole prefix), although it "
+     "switches checkpointing off around generate(); this project keeps the KV cache under --gradient-checkpointing"),
+    "bf16 defaults to True (`bf16 = not fp16`), even on a CPU: set to False here, so both sides train in fp32",
+    "the default learning rate is 5e-7 and temperature 0.9: set to the benchmark's lr and to 1.0",
+    ("labels: TRL takes the higher reward and gives ties to the first sample; this project draws a Bradley-Terry "
+     "label (--oracle-label sample, its default; --oracle-label argmax here for the deterministic rule, ties a "
+     "coin flip)"),
+    ("_forward passes no position_ids, so left-padded prompts are scored at shifted positions (generate() counts "
+     "positions from the first real token): on the quick task's SFT model, 49 of 64 prompts are padded and their "
+     "sequence log-probs differ by ~1.0 nat from the positions they were sampled at; this project counts positions"
+     " from the first real token"),
+    ("the optimizer is adamw_torch_fused (transformers' default with torch >= 2.8); this project uses "
+     "torch.optim.AdamW"),
+    ("transformers 5.24 warns (FutureWarning) that TRL's gradient_checkpointing / gradient_checkpointing_enable / "
+     "is_gradient_checkpointing / gradient_checkpointing_disable are deprecated (renamed "
+     "activation_checkpointing*); importing trl.experimental warns that the API is unstable"),
+]
+METHODS = ("online-dpo", "sail-pr", "mix", "trl-default", "trl-flipped")
+MARKER = "BENCH_RESULT "  # the worker's result line on stdout (TRL's PrinterCallback also prints to stdout)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0],
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: the embedded task's quick SFT, 8 steps, 2 repeats, 32 eval prompts")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 40, quick 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per step; 2 completions each (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="new-token budget per completion (default 24)")
+    p.add_argument("--lr", type=float, default=3e-4, help="learning rate, all methods (default 3e-4)")
+    p.add_argument("--warmup-steps", type=int, default=10, help="linear warm-up, then constant (default 10)")
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--repeats", type=int, default=None, help="repeats of every method (default 5, quick 2)")
+    p.add_argument("--eval-prompts", type=int, default=None, help="eval prompts (default 128, quick 32)")
+    p.add_argument("--task-quick", action=argparse.BooleanOptionalAction, default=None,
+                   help="build the embedded task with Args(quick=True) (smaller SFT); default: on with --quick only")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads in every worker and in the task build (default 1: on a 2-core machine "
+                        "shared with other jobs, 2 OpenMP threads were measured ~30x slower than 1)")
+    p.add_argument("--mix-fractions", default="0.4,0.3,0.3",
+                   help="r,p,g (dp, pp, pr fractions) of --design mix (default: the paper's 0.4,0.3,0.3)")
+    p.add_argument("--oracle-label", choices=("sample", "argmax"), default="sample",
+                   help="this project's oracle labels (default: the project's default, a Bradley-Terry draw; TRL "
+                        "always takes the higher score, ties to the first sample)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "bench_trl.json"),
+                   help="JSON summary (a .md table is written next to it)")
+    p.add_argument("--worker-timeout", type=int, default=600, help="seconds before a worker is killed")
+    # internal: one (method, repeat) in this process
+    p.add_argument("--worker", choices=METHODS + ("prepare",), help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.steps = a.steps or (8 if a.quick else 40)
+    a.repeats = a.repeats or (2 if a.quick else 5)
+    a.eval_prompts = a.eval_prompts or (32 if a.quick else 128)
+    a.task_quick = a.quick if a.task_quick is None else a.task_quick
+    a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in a.methods if m not in METHODS]
+    if bad:
+        p.error(f"unknown method(s) {bad}; choose from {METHODS}")
+    return a
+
+
+def project_args(a, design: str, seed: int):
+    """The bilevel_rlhf.Args of a run (also used by every worker's evaluation: sampling and prompt length)."""
+    import bilevel_rlhf
+
+    dp, pp, pr = (float(x) for x in a.mix_fractions.split(","))
+    extra = {"dp_fraction": dp, "pp_fraction": pp, "pr_fraction": pr} if design == "mix" else {"pr_fraction": 1.0}
+    return bilevel_rlhf.validate(bilevel_rlhf.Args(
+        design=design, steps=a.steps, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, lr=a.lr,
+        warmup_steps=a.warmup_steps, beta=a.beta, eval_every=0, eval_prompts=a.eval_prompts, seed=seed,
+        oracle_label=a.oracle_label, output_dir="unused", device="cpu", **extra))
+
+
+def vm_hwm_mib():
+    try:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return None
+
+
+def maxrss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Worker: one (method, repeat) per process
+
+def worker(a) -> dict:
+    maxrss_at_start = maxrss_mib()  # before any import: shows nothing is inherited from the parent
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import bilevel_rlhf
+
+    seed = a.repeat - 1
+    with open(os.path.join(a.workdir, "rows.json")) as f:
+        data = json.load(f)
+    rows, eval_rows = data["rows"], data["eval_rows"]
+    model_dir = os.path.join(a.workdir, "sft")
+    is_trl = a.worker.startswith("trl")
+    if is_trl:  # imported before loading, so that their import time and memory is not counted as training
+        import datasets
+        from transformers import TrainerCallback
+        from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    t_load = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ref = bilevel_rlhf.make_reference(policy, torch.float32)
+    load_s = time.perf_counter() - t_load
+    assert tok.pad_token_id != tok.eos_token_id
+    args = project_args(a, "online-dpo" if is_trl else a.worker, seed)
+    gen_lengths = []  # (mean, max) response tokens of every training rollout
+    result = {"method": a.worker, "repeat": a.repeat, "seed": seed, "load_s": load_s,
+              "maxrss_at_start_mib": maxrss_at_start}
+
+    if not is_trl:
+        import random
+
+        import numpy as np
+
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        result["threads"] = torch.get_num_threads()
+        sample = bilevel_rlhf.sample
+
+        def recording_sample(model, tok, prompt_ids, prompt_mask, n, seed, args):  # response lengths of rollouts
+            ys = sample(model, tok, prompt_ids, prompt_mask, n, seed, args)
+            if n == 2:  # training rollouts (the evaluation samples n=1)
+                gen_lengths.append((sum(map(len, ys)) / len(ys), max(map(len, ys))))
+            return ys
+
+        bilevel_rlhf.sample = recording_sample  # train() looks `sample` up in the module at every call
+        result["rss_before_train_mib"] = maxrss_mib()
+        t0 = time.perf_counter()
+        history = bilevel_rlhf.train(args, policy, ref, tok, rows, bilevel_rlhf.gold_reward, eval_rows)
+        bilevel_rlhf.sample = sample
+        result["train_call_s"] = time.perf_counter() - t0  # includes the evaluation at the last step
+        steps = [m for m in history if "timing/samples_per_s" in m]
+        result["step_s"] = [args.batch_size * args.grad_accum / m["timing/samples_per_s"] for m in steps]
+        result["final_loss"] = steps[-1]["loss"]
+        result["design_args"] = {k: getattr(args, k) for k in ("design", "pr_fraction", "pr_coef", "dp_fraction",
+                                                               "pp_fraction", "dp_coef", "pp_coef", "oracle_label",
+                                                               "gradient_checkpointing")}
+    else:
+        default_gc = OnlineDPOConfig.__dataclass_fields__["gradient_checkpointing"].default
+        gc_kwargs = {} if a.worker == "trl-default" else {"gradient_checkpointing": not default_gc}
+        # The exact prompt sequence this project's run of the same seed visits, read in order.
+        order = [rows[i]["prompt"] for step in range(a.steps)
+                 for i in bilevel_rlhf.batch_indices(len(rows), a.batch_size, seed, step)]
+        dataset = datasets.Dataset.from_dict({"prompt": order})
+        config = OnlineDPOConfig(
+            output_dir=os.path.join(a.workdir, f"trl-{a.worker}-{a.repeat}"), report_to="none",
+            max_steps=a.steps, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=1,
+            learning_rate=a.lr, lr_scheduler_type="constant_with_warmup", warmup_steps=a.warmup_steps,
+            weight_decay=0.0, max_grad_norm=1.0, beta=a.beta, loss_type="sigmoid",
+            max_new_tokens=a.max_new_tokens, max_length=bilevel_rlhf.EMBEDDED_CONTEXT,
+            temperature=1.0, top_p=1.0, top_k=0, use_vllm=False, use_cpu=True,
+            bf16=False, fp16=False,  # NOTE: TRL defaults to bf16=True (even on a CPU); ours is fp32 on CPU
+            save_strategy="no", eval_strategy="no", logging_steps=10, disable_tqdm=True,
+            train_sampling_strategy="sequential", dataloader_num_workers=0, seed=seed, data_seed=seed,
+            **gc_kwargs)
+
+        def gold_reward_fn(prompts, completions, **kwargs):  # TRL 1.16 calls f(prompts=, completions=, ...)
+            return bilevel_rlhf.gold_reward(prompts, completions)
+
+        class StepTimer(TrainerCallback):
+            def __init__(self):
+                self.steps, self.t0, self.threads = [], None, None
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.threads = torch.get_num_threads()
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                self.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.steps.append(time.perf_counter() - self.t0)
+
+        timer = StepTimer()
+        trainer = OnlineDPOTrainer(model=policy, ref_model=ref, reward_funcs=gold_reward_fn, args=config,
+                                   train_dataset=dataset, processing_class=tok, callbacks=[timer])
+        generate = trainer._generate
+
+        def recording_generate(*args, **kwargs):  # response lengths (EOS included, as ours)
+            out = generate(*args, **kwargs)
+            completion_mask = out[3]  # (2B, R)
+            gen_lengths.append((completion_mask.sum(1).float().mean().item(), int(completion_mask.sum(1).max())))
+            return out
+
+        trainer._generate = recording_generate
+        result["threads_at_trainer_init"] = torch.get_num_threads()
+        result["rss_before_train_mib"] = maxrss_mib()
+        t0 = time.perf_counter()
+        out = trainer.train()
+        result["train_call_s"] = time.perf_counter() - t0
+        result["threads"] = timer.threads
+        result["step_s"] = timer.steps
+        result["final_loss"] = out.training_loss
+        policy = trainer.model
+        result["trl_config"] = {
+            "gradient_checkpointing": config.gradient_checkpointing, "gradient_checkpointing_default": default_gc,
+            "generation_use_cache": trainer.generation_config.use_cache, "model_config_use_cache":
+            policy.config.use_cache, "optim": str(config.optim), "bf16": config.bf16,
+            "temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p,
+            "lr_scheduler_type": str(config.lr_scheduler_type), "warmup_steps": config.warmup_steps,
+            "max_grad_norm": config.max_grad_norm, "max_length": config.max_length,
+            "beta": config.beta, "device": str(trainer.args.device)}
+        result["trl_last_log"] = [h for h in trainer.state.log_history if "objective/scores" in h][-1:]
+
+    # the same evaluation for every method, outside the timed loop
+    policy.eval()
+    t0 = time.perf_counter()
+    result["eval"] = bilevel_rlhf.evaluate(policy, ref, tok, eval_rows, bilevel_rlhf.gold_reward, args)
+    result["eval_s"] = time.perf_counter() - t0
+    steps = result["step_s"]
+    n_samples = 2 * a.batch_size  # prompts x 2 completions per step, for every method
+    result["steps"] = len(steps)
+    result["samples_per_s"] = n_samples * (len(steps) - 1) / sum(steps[1:]) if len(steps) > 1 else None
+    result["samples_per_s_all_steps"] = n_samples * len(steps) / sum(steps)
+    result["response_tokens_mean"] = sum(m for m, _ in gen_lengths) / len(gen_lengths)
+    result["response_tokens_max_mean"] = sum(x for _, x in gen_lengths) / len(gen_lengths)
+    result["peak_rss_mib"] = maxrss_mib()
+    result["vm_hwm_mib"] = vm_hwm_mib()
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parent: build the task once, run the workers, summarise
+
+def machine() -> dict:
+    import torch
+    import transformers
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
+    except (OSError, AttributeError):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "platform": platform.platform()}
+    for name in ("trl", "accelerate", "datasets"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            info[name] = None
+    try:
+        info["load_average_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+LABELS = {
+    "online-dpo": "this project: online-dpo (--pr-fraction 1)",
+    "sail-pr": "this project: sail-pr (--pr-fraction 1, γ 0.3)",
+    "mix": "this project: mix (r/p/g {mix})",
+    "trl-default": "TRL OnlineDPOTrainer, default (gradient checkpointing {gc})",
+    "trl-flipped": "TRL OnlineDPOTrainer, gradient checkpointing {gc}",
+}
+
+
+def summarise(a, runs: list[dict], info: dict, reference_eval: dict, wall_s: float, warnings: dict) -> dict:
+    methods = {}
+    for m in a.methods:
+        rs = [r for r in runs if r["method"] == m and "error" not in r]
+        errors = [r["error"] for r in runs if r["method"] == m and "error" in r]
+        if not rs:
+            methods[m] = {"errors": errors}
+            continue
+        sps = [r["samples_per_s"] for r in rs]
+        gc = rs[0].get("trl_config", {}).get("gradient_checkpointing")
+        evals = {k: [r["eval"][k] for r in rs] for k in rs[0]["eval"]}
+        mean = {k: statistics.mean(v) for k, v in evals.items()}
+        std = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in evals.items()}
+        methods[m] = {
+            "label": LABELS[m].format(mix=a.mix_fractions.replace(",", "/"),
+                                      gc="on" if gc else "off" if gc is not None else "?"),
+            "repeats": len(rs), "errors": errors,
+            "samples_per_s_median": statistics.median(sps), "samples_per_s_min": min(sps),
+            "samples_per_s_max": max(sps), "samples_per_s": sps,
+            "samples_per_s_all_steps_median": statistics.median(r["samples_per_s_all_steps"] for r in rs),
+            "step_s_median": statistics.median(s for r in rs for s in r["step_s"][1:]),
+            "response_tokens_mean": statistics.mean(r["response_tokens_mean"] for r in rs),
+            "response_tokens_max_mean": statistics.mean(r["response_tokens_max_mean"] for r in rs),
+            "peak_rss_mib_mean": statistics.mean(r["peak_rss_mib"] for r in rs),
+            "rss_before_train_mib_mean": statistics.mean(r["rss_before_train_mib"] for r in rs),
+            "gold_reward_mean": mean["gold/reward"], "gold_reward_std": std["gold/reward"],
+            "win_rate_mean": mean["gold/win_rate"], "kl_mean": mean["objective/kl"],
+            "kl_std": std["objective/kl"],
+            "threads": sorted({r["threads"] for r in rs}),
+            **({"trl_config": rs[0]["trl_config"]} if "trl_config" in rs[0] else {}),
+            **({"design_args": rs[0]["design_args"]} if "design_args" in rs[0] else {}),
+        }
+    trl = [m for m in ("trl-default", "trl-flipped") if "samples_per_s_median" in methods.get(m, {})]
+    best_trl = max(trl, key=lambda m: methods[m]["samples_per_s_median"]) if trl else None
+    for m, s in methods.items():
+        if "samples_per_s_median" not in s:
+            continue
+        if best_trl:
+            s["ratio_vs_best_trl"] = s["samples_per_s_median"] / methods[best_trl]["samples_per_s_median"]
+        if "samples_per_s_median" in methods.get("online-dpo", {}) and m in ("sail-pr", "mix"):
+            s["ratio_vs_online_dpo"] = s["samples_per_s_median"] / methods["online-dpo"]["samples_per_s_median"]
+    return {
+        "command": " ".join([os.path.relpath(sys.executable, ROOT)] + [os.path.relpath(sys.argv[0], ROOT)]
+                            + sys.argv[1:]),
+        "machine": info, "wall_s": wall_s, "best_trl_setting": best_trl,
+        "settings": {"steps": a.steps, "batch_size_prompts": a.batch_size, "completions_per_prompt": 2,
+                     "max_new_tokens": a.max_new_tokens, "lr": a.lr, "warmup_steps": a.warmup_steps,
+                     "beta": a.beta, "repeats": a.repeats, "eval_prompts": a.eval_prompts,
+                     "task_quick": a.task_quick, "threads": a.threads, "temperature": 1.0, "top_k": 0,
+                     "top_p": 1.0, "dtype": "fp32", "device": "cpu", "mix_fractions_dp_pp_pr": a.mix_fractions,
+                     "oracle_label_this_project": a.oracle_label, "seeds": list(range(a.repeats)),
+                     "samples_per_s": "prompts x 2 completions / summed step wall time, steps 2..N"},
+        "reference_eval": reference_eval, "methods": methods, "trl_notes": NOTES, "worker_warnings": warnings,
+        "runs": runs}
+
+
+def markdown(summary: dict) -> str:
+    info, st = summary["machine"], summary["settings"]
+    lines = [
+        (f"Machine: {info['cpu']}, {info['cores']} cores, torch.set_num_threads({st['threads']}) in every worker; "
+         f"python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, "
+         f"accelerate {info['accelerate']}, datasets {info['datasets']}."),
+        (f"Settings: {st['steps']} steps x {st['batch_size_prompts']} prompts x 2 completions, max_new_tokens "
+         f"{st['max_new_tokens']}, lr {st['lr']} ({st['warmup_steps']} warm-up steps, then constant), beta "
+         f"{st['beta']}, temperature 1, no top-k/top-p, fp32 on CPU, {st['repeats']} repeats (seeds "
+         f"{st['seeds']}), eval on {st['eval_prompts']} prompts. Full run: {summary['wall_s']:.0f} s."),
+        "",
+        ("| method | samples/s (median) [min-max] | vs best TRL | vs online-dpo | response tokens (mean / max) | "
+         "peak RSS MiB (before loop) | gold reward | win rate | KL (nats) |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    ref = summary["reference_eval"]
+    for m, s in summary["methods"].items():
+        if "samples_per_s_median" not in s:
+            lines.append(f"| {m} | FAILED: {s['errors'][:1]} | | | | | | | |")
+            continue
+        vs = f"{s['ratio_vs_online_dpo']:.2f}x" if "ratio_vs_online_dpo" in s else ""
+        lines.append(
+            f"| {s['label']} | {s['samples_per_s_median']:.1f} [{s['samples_per_s_min']:.1f}-"
+            f"{s['samples_per_s_max']:.1f}] | {s.get('ratio_vs_best_trl', float('nan')):.2f}x | {vs} | "
+            f"{s['response_tokens_mean']:.1f} / {s['response_tokens_max_mean']:.1f} | "
+            f"{s['peak_rss_mib_mean']:.0f} ({s['rss_before_train_mib_mean']:.0f}) | "
+            f"{s['gold_reward_mean']:.3f} ± {s['gold_reward_std']:.3f} | "
+            f"{s['win_rate_mean']:.3f} | {s['kl_mean']:.3f} ± {s['kl_std']:.3f} |")
+    lines.append(f"| SFT reference (before training) | | | | | | {ref['gold/reward']:.3f} | "
+                 f"{ref['gold/win_rate']:.3f} | {ref['objective/kl']:.3f} |")
+    lines += ["", (f"Best TRL setting: {summary['best_trl_setting']}. Gold reward, win rate and KL: mean ± std over "
+              "repeats; samples/s: median over repeats of (prompts x 2 / summed step time, steps 2..N); peak RSS: "
+              "ru_maxrss of the worker, mean over repeats (in brackets: ru_maxrss after imports and loading, before "
+              "the training loop); response tokens: per training rollout, the mean completion length and the longest "
+              "completion (= generate() decoding steps), EOS included, averaged over rollouts and repeats. The cost of "
+              "generate() grows with them, so samples/s also moves with each run's policy.")]
+    return "\n".join(lines) + "\n"
+
+
+def run_worker(a, method: str, repeat: int, workdir: str) -> tuple[dict, str]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--repeat", str(repeat),
+           "--workdir", workdir, "--steps", str(a.steps), "--batch-size", str(a.batch_size),
+           "--max-new-tokens", str(a.max_new_tokens), "--lr", repr(a.lr), "--warmup-steps", str(a.warmup_steps),
+           "--beta", repr(a.beta), "--eval-prompts", str(a.eval_prompts), "--threads", str(a.threads),
+           "--mix-fractions", a.mix_fractions, "--oracle-label", a.oracle_label,
+           "--task-quick" if a.task_quick else "--no-task-quick"]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="default")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=a.worker_timeout, env=env,
+                              cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        return {"method": method, "repeat": repeat, "error": f"timed out after {a.worker_timeout} s"}, str(e.stderr)
+    lines = [line[len(MARKER):] for line in proc.stdout.splitlines() if line.startswith(MARKER)]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        return {"method": method, "repeat": repeat, "error": f"exit code {proc.returncode}: {tail}"}, proc.stderr
+    result = json.loads(lines[-1])
+    result["process_wall_s"] = time.perf_counter() - t0
+    return result, proc.stderr
+
+
+def warning_lines(stderr: str) -> list[str]:
+    """Warning lines of a worker's stderr (progress bars dropped, numbers masked so repeats deduplicate)."""
+    out = []
+    for line in stderr.replace("\r", "\n").splitlines():
+        if re.search(r"warn|deprecat|disabl|not supported|will be removed|ignored", line, re.IGNORECASE) \
+                and not re.search(r"\d+it/s|s/it\]", line):
+            out.append(line.strip()[:400])
+    return out
+
+
+def prepare(a) -> dict:
+    """Build the embedded task once (SFT reference, rows, eval prompts) and save it for the workers.
+
+    Runs in its own subprocess so that the parent stays a small process: Linux carries a parent's peak RSS into
+    its children's ru_maxrss (the high-water mark survives fork and exec), so a parent holding torch and the SFT
+    would inflate every worker's number.
+    """
+    import torch
+
+    torch.set_num_threads(a.threads)
+    import bilevel_rlhf
+
+    t0 = time.perf_counter()
+    task_args = bilevel_rlhf.validate(bilevel_rlhf.Args(quick=a.task_quick, max_new_tokens=a.max_new_tokens,
+                                                        eval_prompts=a.eval_prompts, device="cpu"))
+    policy, tok, rows, eval_rows = bilevel_rlhf.build_embedded_task(task_args, torch.device("cpu"))
+    policy.save_pretrained(os.path.join(a.workdir, "sft"))
+    tok.save_pretrained(os.path.join(a.workdir, "sft"))
+    with open(os.path.join(a.workdir, "rows.json"), "w") as f:
+        json.dump({"rows": rows, "eval_rows": eval_rows}, f)
+    build_s = time.perf_counter() - t0
+    ref = bilevel_rlhf.make_reference(policy, torch.float32)
+    reference_eval = bilevel_rlhf.evaluate(ref, ref, tok, eval_rows, bilevel_rlhf.gold_reward,
+                                           project_args(a, "online-dpo", 0))
+    return {"build_s": build_s, "rows": len(rows), "eval_rows": len(eval_rows), "reference_eval": reference_eval,
+            "machine": machine(), "n_params": sum(p.numel() for p in policy.parameters())}
+
+
+def parent(a):
+    t_start = time.perf_counter()
+    workdir = tempfile.mkdtemp(prefix="bench_trl_")
+    try:
+        # the embedded task, built once in a subprocess: SFT reference, rows and eval prompts (out of all timings)
+        prep, stderr = run_worker(a, "prepare", 0, workdir)
+        if "error" in prep:
+            print(f"building the embedded task failed: {prep['error']}", file=sys.stderr)
+            return 2
+        info, reference_eval = prep["machine"], prep["reference_eval"]
+        info["parent_maxrss_mib"] = maxrss_mib()
+        print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, transformers "
+              f"{info['transformers']}, trl {info['trl']}; torch.set_num_threads({a.threads}) in every worker")
+        print(f"embedded task built in {prep['build_s']:.0f} s (quick={a.task_quick}): {prep['rows']} rows, "
+              f"{prep['eval_rows']} eval prompts, {prep['n_params'] / 1e6:.2f}M parameters; reference gold reward "
+              f"{reference_eval['gold/reward']:.3f}", flush=True)
+
+        runs, warnings = [], {}
+        for repeat in range(1, a.repeats + 1):
+            for method in a.methods:  # interleaved: every repeat runs every method once
+                result, stderr = run_worker(a, method, repeat, workdir)
+                runs.append(result)
+                for w in warning_lines(stderr):
+                    warnings.setdefault(method, [])
+                    if w not in warnings[method]:
+                        warnings[method].append(w)
+                if "error" in result:
+                    print(f"[repeat {repeat}] {method:12s} FAILED: {result['error']}", flush=True)
+                else:
+                    print(f"[repeat {repeat}] {method:12s} {result['samples_per_s']:7.1f} samples/s, peak RSS "
+                          f"{result['peak_rss_mib']:6.0f} MiB, gold {result['eval']['gold/reward']:6.3f}, KL "
+                          f"{result['eval']['objective/kl']:6.3f} (process {result['process_wall_s']:.0f} s)",
+                          flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    summary = summarise(a, runs, info, reference_eval, time.perf_counter() - t_start, warnings)
+    table = markdown(summary)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(summary, f, indent=2)
+    md_path = os.path.splitext(a.out)[0] + ".md"
+    with open(md_path, "w") as f:
+        f.write(table)
+    print("\n" + table)
+    print(f"wrote {a.out} and {md_path}")
+    return 0 if all("error" not in r for r in runs) else 1
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    if a.worker:
+        result = prepare(a) if a.worker == "prepare" else worker(a)
+        print(MARKER + json.dumps(result), flush=True)
+        return 0
+    return parent(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
