@@ -31,9 +31,11 @@ Deliberate deviations, each explained where it happens in the code:
   4. IPO uses summed (not per-token averaged) sequence log-probs, as in the IPO paper; TRL averages per token.
   5. Each returned per-pair loss has the value ℓ(Δ) and the gradient of the estimator (zero-valued surrogate
      terms), so the logged loss is comparable across designs.
+  6. The optional SAIL-RevKL penalty (--revkl-coef, arXiv 2606.31524) is a per-token mean with the one-token shift
+     between logits and labels that the follow-up's own code misses.
 
 Run it:
-    python bilevel_rlhf.py                                  # embedded task: tiny GPT-2 on CPU, a few minutes
+    python bilevel_rlhf.py                                  # embedded task: tiny GPT-2 on CPU, about a minute
     python bilevel_rlhf.py --design online-dpo --seed 1     # the baseline with the bilevel terms off
     python bilevel_rlhf.py --model gpt2 --dataset prefs.jsonl --reward-model my-rm --design mix
     make test                                               # the test-suite (exact-gradient checks included)
@@ -74,8 +76,8 @@ OFFLINE, DP, PP, PR = range(4)
 @dataclass
 class Args:
     # run
-    output_dir: str = "runs/embedded"
-    """where the aligned model, tokenizer, args.json and metrics.jsonl are written"""
+    output_dir: Optional[str] = None
+    """checkpoints, final model, args.json and metrics.jsonl (default: runs/embedded or runs/MODEL-DESIGN)"""
     seed: int = 0
     """seeds data order, routing, sampling and labels; every rollout can be replayed from (seed, step)"""
     steps: int = 300
@@ -190,7 +192,7 @@ def parse_args(argv=None) -> Args:
         kind, flag = hints[f.name], "--" + f.name.replace("_", "-")
         if typing.get_origin(kind) is typing.Union:  # Optional[X] -> X
             kind = typing.get_args(kind)[0]
-        help_ = f"{helps[f.name]} (default: {f.default})"
+        help_ = helps[f.name] if "(default" in helps[f.name] else f"{helps[f.name]} (default: {f.default})"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         elif typing.get_origin(kind) is Literal:
@@ -207,6 +209,9 @@ def parse_args(argv=None) -> Args:
 def validate(args: Args) -> Args:
     """Check the flags once, fill the defaults that depend on the task, and return the args."""
     embedded = args.model is None
+    if args.output_dir is None:
+        name = "embedded" if embedded else f"{os.path.basename(args.model.rstrip('/'))}-{args.design}"
+        args.output_dir = os.path.join("runs", name)
     if args.lr is None:
         args.lr = 1e-4 if embedded else 5e-7
     if args.max_new_tokens is None:
