@@ -44,6 +44,7 @@ Run it:
 import ast
 import argparse
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -964,11 +965,16 @@ def rollout_seed(seed: int, rollout: int) -> int:
     return seed * 1_000_003 + rollout
 
 
+@functools.lru_cache(maxsize=2)
+def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled row order of one epoch."""
+    return np.random.default_rng([seed, epoch]).permutation(n_rows)
+
+
 def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int) -> list[int]:
     """Rows of rollout k: the k-th slice of an endless stream of per-epoch shuffles (stateless, so resumable)."""
     positions = range(rollout * batch_size, (rollout + 1) * batch_size)
-    perm = lambda epoch: np.random.default_rng([seed, epoch]).permutation(n_rows)  # noqa: E731
-    return [int(perm(p // n_rows)[p % n_rows]) for p in positions]
+    return [int(epoch_order(n_rows, seed, p // n_rows)[p % n_rows]) for p in positions]
 
 
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
