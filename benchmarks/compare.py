@@ -58,9 +58,9 @@ def sample_statistics(policy, tok, eval_rows, args) -> dict:
             "samples/ended": float(np.mean([len(y) > 0 and y[-1] == tok.eos_token_id for y in ys]))}
 
 
-def run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_every) -> dict:
+def run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_every, lr=None) -> dict:
     args = br.validate(br.Args(seed=seed, steps=steps, eval_every=eval_every, eval_prompts=len(eval_rows),
-                               output_dir="unused", **overrides))
+                               output_dir="unused", lr=lr, **overrides))
     policy = br.build_tiny_gpt2(tok)
     policy.load_state_dict(reference.state_dict())
     ref = br.make_reference(policy, torch.float32)
@@ -141,6 +141,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller task, 1 seed, 120 steps")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3, 1 with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 300, 120 with --quick)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of every run (default: the core's)")
     parser.add_argument("--no-ablations", action="store_true", help="only the designs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the tiny model gains little from "
                         "more, and timings do not suffer from other jobs' threads)")
@@ -150,7 +151,8 @@ def main():
     steps = opts.steps or (120 if opts.quick else 300)
     eval_every = max(1, steps // 6)
     results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    out = os.path.join(results_dir, "compare_quick" if opts.quick else "compare")
+    name = "compare_quick" if opts.quick else "compare" if opts.lr is None else f"compare_lr{opts.lr}"
+    out = os.path.join(results_dir, name)
     os.makedirs(os.path.dirname(out), exist_ok=True)
 
     t0 = time.perf_counter()
@@ -164,7 +166,7 @@ def main():
     for seed in range(seeds):  # seeds outermost: a partial run still covers every method
         for name in names:
             overrides = {**METHODS, **ABLATIONS}[name]
-            results.append(run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_every))
+            results.append(run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_every, opts.lr))
             r = results[-1]
             print(f"[{time.perf_counter() - t0:5.0f} s] {name:24s} seed {seed}: gold {r['gold/reward']:.3f}, "
                   f"win {r['gold/win_rate']:.3f}, KL {r['objective/kl']:.3f}, {r['wall_s']:.0f} s", flush=True)
@@ -172,7 +174,8 @@ def main():
     table = markdown(summarize(results, names), ref_eval)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({opts.threads} torch "
                f"thread(s)), torch {torch.__version__}, Python {platform.python_version()}")
-    header = (f"{'Quick mode: ' if opts.quick else ''}{steps} steps × 16 pairs per run, {seeds} seed(s), "
+    header = (f"{'Quick mode: ' if opts.quick else ''}{steps} steps × 16 pairs per run, learning rate "
+              f"{opts.lr or br.validate(br.Args()).lr}, {seeds} seed(s), "
               f"{len(eval_rows)} eval prompts; mean ± standard deviation over seeds. Machine: {machine}. "
               f"Total {time.perf_counter() - t0:.0f} s.")
     with open(out + ".md", "w") as f:
