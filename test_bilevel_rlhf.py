@@ -430,6 +430,12 @@ def test_command_line_on_a_saved_tiny_model(tiny_files, tmp_path, design, extra)
     assert not torch.equal(reloaded.transformer.wte.weight, original.transformer.wte.weight)  # it trained
 
 
+def test_default_output_dir_names_the_run():
+    assert br.validate(br.Args()).output_dir == os.path.join("runs", "embedded")
+    args = br.validate(br.Args(model="/models/my-llm/", dataset="x.jsonl", design="dpo"))
+    assert args.output_dir == os.path.join("runs", "my-llm-dpo")
+
+
 def test_help_documents_every_flag():
     result = run_cli("--help")
     assert result.returncode == 0
@@ -824,9 +830,13 @@ def test_output_dir_of_another_run_is_refused_without_resume_or_overwrite(tiny_f
     code, _, err = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--beta", 0.5), capsys)
     assert code == 2 and "different run" in err and "--beta" in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written over
+    code, out_text, _ = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--beta", 0.5, "--steps", 5,
+                                                  "--resume"), capsys)
+    assert code == 0 and "with changed beta" in out_text  # --resume continues it with the new flags
     code, out_text, _ = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--beta", 0.5, "--overwrite"),
                                        capsys)
     assert code == 0 and "--overwrite: deleted" in out_text
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == list(range(1, 5))  # started over
     code, out_text, _ = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--beta", 0.5, "--steps", 6),
                                        capsys)
     assert code == 0 and "resuming from" in out_text  # same run, more steps: resumed by default
