@@ -776,7 +776,9 @@ def sequence_logps(model, input_ids, attention_mask, response_mask) -> torch.Ten
     """log pi(y|x) = Σ_t log pi(y_t | x, y_<t) over response tokens, in float32. Shape: (N,)."""
     # NOTE: left padding shifts absolute positions (GPT-2); count positions from the first real token (TRL #6800).
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (N, T)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    # use_cache=False: scoring needs no KV cache (building one costs memory, and checkpointing would warn about it)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits
     # The logits at position t predict token t + 1: drop the last logit and the first label.
     logits, labels = logits[:, :-1].float(), input_ids[:, 1:]  # (N, T-1, V), (N, T-1)
     token_logps = -F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (N, T-1), fp32
