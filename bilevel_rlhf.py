@@ -1071,12 +1071,16 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
                 **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
                 "labels/ties": float(ties)})
 
-        # 5. optimizer step: unscale (fp16), clip, step, schedule. A non-finite loss stops the run before the step,
-        # so the last checkpoint stays good.
-        loss = float(np.mean([float(s["loss"]) for s in stats]))
-        if not math.isfinite(loss):
-            raise RunError(f"the loss is {loss} at step {step + 1}: stopped before the update; the last checkpoint "
-                           f"in {checkpoint_dir} is intact (try a lower --lr or --dtype fp32)")
+        # 5. average the micro-batches' metrics (on the host: logging needs them); a non-finite loss stops
+        # the run before the update, so the last checkpoint stays good
+        metrics = {"step": step + 1}
+        for key in dict.fromkeys(k for s in stats for k in s):  # every key, in order (sample_kl may be absent)
+            metrics[key] = float(np.mean([float(s[key]) for s in stats if key in s]))
+        if not math.isfinite(metrics["loss"]):
+            raise RunError(f"the loss is {metrics['loss']} at step {step + 1}: stopped before the update; the last "
+                           f"checkpoint in {checkpoint_dir} is intact (try a lower --lr or --dtype fp32)")
+
+        # 6. optimizer step: unscale (fp16), clip, step, schedule
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm or float("inf"))
         scaler.step(opt)
@@ -1084,10 +1088,8 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         scheduler.step()
         opt.zero_grad(set_to_none=True)
 
-        # 6. log (the only host-device synchronisation of the step) and evaluate
-        metrics = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
-        for key in dict.fromkeys(k for s in stats for k in s):  # every key, in order (sample_kl may be absent)
-            metrics[key] = float(np.mean([float(s[key]) for s in stats if key in s]))
+        # 7. log, evaluate, save
+        metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
         metrics["timing/samples_per_s"] = B * args.grad_accum / (time.perf_counter() - t0)
         if (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps:
             policy.eval()
