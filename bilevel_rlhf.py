@@ -31,8 +31,10 @@ Deliberate deviations, each explained where it happens in the code:
   4. IPO uses summed (not per-token averaged) sequence log-probs, as in the IPO paper; TRL averages per token.
   5. Each returned per-pair loss has the value ℓ(Δ) and the gradient of the estimator (zero-valued surrogate
      terms), so the logged loss is comparable across designs.
-  6. The optional SAIL-RevKL penalty (--revkl-coef, arXiv 2606.31524) is a per-token mean with the one-token shift
-     between logits and labels that the follow-up's own code misses.
+  6. The SAIL-RevKL penalty (--revkl-coef, arXiv 2606.31524) is a per-token mean with the one-token shift between
+     logits and labels that the follow-up's own code misses. It is on by default (λ = 0.3) for the designs whose
+     policy labels its own pairs: their objective rewards confident self-preferences, which it reaches by drifting
+     away from pi_ref without bound (README, "Stability").
 
 Run it:
     python bilevel_rlhf.py                                  # embedded task: tiny GPT-2 on CPU, about a minute
@@ -60,6 +62,7 @@ from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -143,8 +146,9 @@ class Args:
     """baseline b of the response term: leave-one-out mean of ℓ over the micro-batch, or none"""
     oracle_label: Literal["sample", "argmax"] = "sample"
     """oracle labels: a Bradley-Terry draw on the scores, or the higher score (ties a coin flip)"""
-    revkl_coef: float = 0.0
-    """λ of the SAIL-RevKL penalty λ·KL(pi_ref ‖ pi_θ), per token on the batch's responses (the follow-up: 1e-3)"""
+    revkl_coef: Optional[float] = None
+    """λ of the SAIL-RevKL penalty λ·KL(pi_ref ‖ pi_θ), per token on the batch's responses (default: 0.3 for sail-pp,
+    sail-dp and mix, whose self-labelled objective otherwise rewards drifting without bound; 0 for the others)"""
 
     # sampling
     max_new_tokens: Optional[int] = None
@@ -221,6 +225,8 @@ def validate(args: Args) -> Args:
         args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
     if not embedded and args.dataset is None:
         raise ValueError("--model needs --dataset (a .jsonl/.json file or a hub dataset id)")
+    if args.revkl_coef is None:  # J_PP and J_DP grow as the implicit rewards spread apart (README, "Stability")
+        args.revkl_coef = 0.3 if args.design in ("sail-pp", "sail-dp", "mix") else 0.0
     if args.revkl_coef < 0:
         raise ValueError(f"--revkl-coef must be >= 0, got {args.revkl_coef}")
     if args.beta <= 0:
@@ -939,8 +945,9 @@ def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, sca
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng}, os.path.join(tmp, "trainer_state.pt"))
-    # The data position needs no state: batch_indices and rollout_seed are functions of (seed, step).
+                "scaler": scaler.state_dict(), "rng": rng, "world_size": rank_and_world()[1]},
+               os.path.join(tmp, "trainer_state.pt"))
+    # The data position needs no state: batch_indices and rollout_seed are functions of (seed, step, rank, world).
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # atomic: a crash leaves the previous checkpoints and at most a .tmp folder
     for old in list_checkpoints(output_dir)[:-keep_last] if keep_last else []:
@@ -950,6 +957,10 @@ def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, sca
 def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
     """Restore what save_checkpoint wrote; returns the number of steps already done."""
     state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)  # our own file (RNG tuples)
+    world = rank_and_world()[1]
+    if state.get("world_size", 1) != world:  # each rank's share of the data depends on the world size
+        raise RunError(f"{path} was written by a run with {state.get('world_size', 1)} process(es); resume it with "
+                       f"the same number (this run has {world}), or start over with --overwrite")
     policy.load_state_dict(type(policy).from_pretrained(path, dtype=torch.float32).state_dict())
     opt.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -962,9 +973,15 @@ def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
     return state["step"]
 
 
-def rollout_seed(seed: int, rollout: int) -> int:
-    """One seed per (run seed, rollout index): routing, sampling and labels of a rollout can be replayed."""
-    return seed * 1_000_003 + rollout
+def rank_and_world() -> tuple[int, int]:
+    """This process's data-parallel rank and the number of processes: (0, 1) unless launched with torchrun."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def rollout_seed(seed: int, rollout: int, rank: int = 0) -> int:
+    """One seed per (run seed, rollout index, rank): routing, sampling and labels of a rollout can be replayed,
+    and each data-parallel rank draws its own."""
+    return seed * 1_000_003 + rollout + rank * 2**40
 
 
 @functools.lru_cache(maxsize=2)
@@ -973,10 +990,14 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_rows)
 
 
-def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int) -> list[int]:
-    """Rows of rollout k: the k-th slice of an endless stream of per-epoch shuffles (stateless, so resumable)."""
-    positions = range(rollout * batch_size, (rollout + 1) * batch_size)
-    return [int(epoch_order(n_rows, seed, p // n_rows)[p % n_rows]) for p in positions]
+def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Rows of rollout k: the k-th slice of an endless stream of per-epoch shuffles (stateless, so resumable).
+
+    With `world` data-parallel ranks the slice holds world * batch_size rows and each rank takes its share, so
+    2 ranks x batch B see the rows that 1 rank x batch 2B sees, in the same order.
+    """
+    start = (rollout * world + rank) * batch_size
+    return [int(epoch_order(n_rows, seed, p // n_rows)[p % n_rows]) for p in range(start, start + batch_size)]
 
 
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
@@ -986,10 +1007,17 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
 
     With a checkpoint_dir it saves a checkpoint every --save-every steps and at the end; resume_from is a checkpoint
     to continue from (policy weights, optimizer, schedule, GradScaler, step and random states).
+
+    Under torchrun each rank trains on its own share of every rollout (batch_size pairs, its own sampling seeds)
+    and DDP averages the gradients; the leave-one-out baseline is over the rank's own pairs. Rank 0 alone
+    evaluates, logs and saves.
     """
     from transformers import get_scheduler
 
     device = next(policy.parameters()).device
+    rank, world = rank_and_world()
+    model = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 else policy  # forward/backward; sampling
+    # and evaluation use the bare policy (DDP adds nothing there)
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[args.schedule]
     scheduler = get_scheduler(schedule, opt, num_warmup_steps=args.warmup_steps, num_training_steps=args.steps)
@@ -1000,13 +1028,14 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
     start = load_checkpoint(resume_from, policy, opt, scheduler, scaler) if resume_from else 0
     policy.train()
 
-    progress = tqdm(range(start, args.steps), desc=args.design, initial=start, total=args.steps, dynamic_ncols=True)
+    progress = tqdm(range(start, args.steps), desc=args.design, initial=start, total=args.steps, dynamic_ncols=True,
+                    disable=rank != 0)
     for step in progress:
         t0, stats = time.perf_counter(), []
         for micro in range(args.grad_accum):
             rollout = step * args.grad_accum + micro
-            g = torch.Generator().manual_seed(rollout_seed(args.seed, rollout))
-            batch = [rows[i] for i in batch_indices(len(rows), B, args.seed, rollout)]
+            g = torch.Generator().manual_seed(rollout_seed(args.seed, rollout, rank))
+            batch = [rows[i] for i in batch_indices(len(rows), B, args.seed, rollout, rank, world)]
             prompts, raw_prompts = [r["prompt"] for r in batch], [r["raw_prompt"] for r in batch]
             source = torch.multinomial(probs, B, replacement=True, generator=g)  # (B,) OFFLINE/DP/PP/PR
             on_policy, self_labeled = (source == PP) | (source == PR), (source == DP) | (source == PP)
@@ -1018,7 +1047,7 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
             if online:
                 with autocast(device, amp_dtype):
                     ys = sample(policy, tok, prompt_ids[online], prompt_mask[online], n=2,
-                                seed=rollout_seed(args.seed, rollout), args=args)
+                                seed=rollout_seed(args.seed, rollout, rank), args=args)
                 for j, i in enumerate(online):
                     y1[i], y2[i] = ys[j], ys[len(online) + j]
             offline = [i for i in range(B) if i not in online]  # dataset pairs: y1 = chosen, y2 = rejected
@@ -1030,8 +1059,10 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
 
             # 2. log-probs of y1 and y2 in one concatenated forward; the reference once per rollout, without grad
             seqs = join(prompt_ids, prompt_mask, y1 + y2, tok.pad_token_id)  # each (2B, T)
+            if world > 1:  # DDP all-reduces the gradients in the backward of the last micro-step only (set before
+                model.require_backward_grad_sync = micro == args.grad_accum - 1  # the forward, as nanoGPT does)
             with autocast(device, amp_dtype):
-                policy_logps = sequence_logps(policy, *seqs)  # (2B,) rows [y1; y2]
+                policy_logps = sequence_logps(model, *seqs)  # (2B,) rows [y1; y2]
                 with torch.no_grad():
                     ref_logps = sequence_logps(ref, *seqs)  # (2B,)
 
@@ -1071,11 +1102,16 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
                 **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
                 "labels/ties": float(ties)})
 
-        # 5. average the micro-batches' metrics (on the host: logging needs them); a non-finite loss stops
-        # the run before the update, so the last checkpoint stays good
+        # 5. average the metrics of the micro-batches, of every rank (on the host: logging needs them); a
+        # non-finite loss stops the run, on every rank, before the update, so the last checkpoint stays good
+        stats = [{k: float(v) for k, v in s.items()} for s in stats]
+        if world > 1:
+            every_rank = [None] * world
+            dist.all_gather_object(every_rank, stats)
+            stats = [s for rank_stats in every_rank for s in rank_stats]
         metrics = {"step": step + 1}
         for key in dict.fromkeys(k for s in stats for k in s):  # every key, in order (sample_kl may be absent)
-            metrics[key] = float(np.mean([float(s[key]) for s in stats if key in s]))
+            metrics[key] = float(np.mean([s[key] for s in stats if key in s]))
         if not math.isfinite(metrics["loss"]):
             raise RunError(f"the loss is {metrics['loss']} at step {step + 1}: stopped before the update; the last "
                            f"checkpoint in {checkpoint_dir} is intact (try a lower --lr or --dtype fp32)")
@@ -1090,15 +1126,16 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
 
         # 7. log, evaluate, save
         metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
-        metrics["timing/samples_per_s"] = B * args.grad_accum / (time.perf_counter() - t0)
-        if (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps:
+        metrics["timing/samples_per_s"] = B * args.grad_accum * world / (time.perf_counter() - t0)
+        if rank == 0 and ((args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps):
             policy.eval()
             evaluation = evaluate(policy, ref, tok, eval_rows, oracle, args, amp_dtype)
             metrics.update({"eval/" + k: v for k, v in evaluation.items()})
             policy.train()
         history.append(metrics)
         log(metrics)
-        if checkpoint_dir and ((args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps):
+        if rank == 0 and checkpoint_dir and ((args.save_every and (step + 1) % args.save_every == 0)
+                                             or step + 1 == args.steps):
             save_checkpoint(checkpoint_dir, step + 1, policy, tok, opt, scheduler, scaler, args.keep_last)
         progress.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
                               ("loss", "rewards/margins", "eval/gold/reward") if k in metrics})
@@ -1188,7 +1225,7 @@ def prepare_output_dir(args: Args) -> Optional[str]:
     if not checkpoints:
         return None
     if args.overwrite:
-        for path in checkpoints:
+        for path in checkpoints if rank_and_world()[0] == 0 else []:
             shutil.rmtree(path)
         print(f"--overwrite: deleted {len(checkpoints)} checkpoint(s) of an earlier run in {args.output_dir}")
         return None
@@ -1235,15 +1272,31 @@ def fit_context(args: Args, context: Optional[int]):
                        "--max-prompt-length): lower one of them")
 
 
+def setup_distributed(device: torch.device) -> torch.device:
+    """Under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE): join the process group, NCCL on CUDA and Gloo on
+    CPU, and take this rank's GPU. Only rank 0 prints. Returns the device to use."""
+    if "RANK" not in os.environ:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+    return device
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
 
-    # device and precision
-    device = torch.device(args.device)  # chosen in validate: cuda, then mps, then cpu
+    # device (chosen in validate: cuda, then mps, then cpu; one GPU per rank under torchrun) and precision
+    device = setup_distributed(torch.device(args.device))
+    rank, world = rank_and_world()
     amp_dtype, why = choose_precision(args, device)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere and later: free speed, fp32 range
     torch.backends.cudnn.allow_tf32 = True
-    print(f"device: {device}, precision: {why}")
+    print(f"device: {device}" + (f" (and {world - 1} more data-parallel ranks)" if world > 1 else "") +
+          f", precision: {why}")
 
     # seeding (the embedded task seeds itself; rollouts are seeded from (seed, step) in train)
     random.seed(args.seed)
@@ -1265,6 +1318,9 @@ def main(argv=None) -> dict:
     for m in policy.modules():  # no dropout: the labelers reuse the training forward (as TRL's DPO does)
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+    if world > 1:  # every rank starts from rank 0's weights (the embedded task is built on each rank)
+        for t in policy.state_dict().values():
+            dist.broadcast(t, src=0)
     ref = make_reference(policy, amp_dtype)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
@@ -1272,11 +1328,17 @@ def main(argv=None) -> dict:
     print(f"policy: {args.model or 'embedded tiny GPT-2'} ({n_params / 1e6:.2f}M parameters), {len(rows)} rows, "
           f"{len(eval_rows)} eval prompts, design {args.design}, loss {args.loss}, route probabilities "
           f"{dict(zip(SOURCES, (round(p, 3) for p in route_probs(args))))}, "
-          f"{args.batch_size} x {args.grad_accum} = {args.batch_size * args.grad_accum} pairs per step")
+          f"{args.batch_size} x {args.grad_accum} x {world} rank(s) = {args.batch_size * args.grad_accum * world} "
+          "pairs per step")
 
     # output folder: resume, refuse or start; then args.json and metrics.jsonl (kept up to the checkpoint's step)
+    resume_from = prepare_output_dir(args)  # every rank reaches the same decision; only rank 0 deletes or writes
+    if world > 1:
+        dist.barrier()
+    if rank != 0:  # the other ranks only train
+        train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype, resume_from=resume_from)
+        return {}
     report = make_reporter(args)
-    resume_from = prepare_output_dir(args)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "args.json"), "w") as f:
         json.dump(dataclasses.asdict(args), f, indent=2)
@@ -1319,6 +1381,9 @@ def cli(argv=None) -> int:
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -8,6 +8,7 @@
 6. CUDA-only checks (skipped without a GPU).
 """
 
+import glob
 import importlib.util
 import itertools
 import json
@@ -497,6 +498,20 @@ def test_cuda_precision_choice_and_bf16_reference():
 
 
 @cuda
+def test_cuda_sequence_logps_are_fp32_under_bf16_autocast():
+    model, tok = tiny_model()
+    model.cuda().eval()
+    prompt_ids, prompt_mask = br.encode_prompts(tok, ["the plot", "a long and dull film"], 16, "cuda")
+    seqs = br.join(prompt_ids, prompt_mask, [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14]], tok.pad_token_id)
+    with torch.no_grad():
+        exact = br.sequence_logps(model, *seqs)
+        with br.autocast(torch.device("cuda"), torch.bfloat16):
+            mixed = br.sequence_logps(model, *seqs)
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, exact, rtol=0.02, atol=0.05), (mixed, exact)
+
+
+@cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_mixed_precision_training(dtype):
     model, tok = tiny_model()
@@ -936,3 +951,110 @@ def test_report_to_tensorboard_without_the_package(tiny_files, tmp_path, capsys)
     code, _, err = run_in_process(tiny_flags(tiny_files, tmp_path / "out", "--design", "dpo", "--report-to",
                                              "tensorboard"), capsys)
     assert code == 2 and "pip install tensorboard" in err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 9. Data parallel: torchrun with Gloo on CPU
+
+# Runs the command line under torchrun and saves each rank's final weights (rankN.pt in WEIGHTS_DIR), so the test can
+# compare ranks. Everything else is bilevel_rlhf.cli as a user runs it.
+TORCHRUN_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {here!r})
+import bilevel_rlhf as br
+train = br.train
+def train_and_save(args, policy, *rest, **kwargs):
+    history = train(args, policy, *rest, **kwargs)
+    torch.save(policy.state_dict(), os.path.join(os.environ["WEIGHTS_DIR"], "rank%s.pt" % os.environ["RANK"]))
+    return history
+br.train = train_and_save
+sys.exit(br.cli(sys.argv[1:]))
+"""
+
+
+def torchrun(tmp_path, nproc, flags, wait=True):
+    script = tmp_path / "torchrun_cli.py"
+    script.write_text(TORCHRUN_SCRIPT.format(here=HERE))
+    env = {**os.environ, "WEIGHTS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script),
+           *map(str, flags)]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc (torchrun starts each rank in a session of its own, so a process
+    group kill would leave the ranks running)."""
+    parents = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            parents[int(stat.split("/")[2])] = int(open(stat).read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    tree = [pid]
+    for p in tree:
+        tree += [child for child, parent in parents.items() if parent == p]
+    return tree
+
+
+def test_torchrun_keeps_the_ranks_identical(tiny_files, tmp_path):
+    # mix: every source (offline, self-labelled, sampled, oracle-labelled); --grad-accum 2: DDP syncs the gradient
+    # on the last micro-step only
+    out = tmp_path / "run"
+    result = torchrun(tmp_path, 2, tiny_flags(tiny_files, out, "--design", "mix", "--batch-size", 2, "--grad-accum",
+                                              2, "--eval-every", 2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    original = weights(tiny_files / "policy")
+    assert not torch.equal(rank0["transformer.wte.weight"], original["transformer.wte.weight"])  # it trained
+    assert result.stdout.count("device:") == 1  # only rank 0 prints
+    assert "2 x 2 x 2 rank(s) = 8 pairs per step" in result.stdout
+    steps = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4] and "eval/gold/reward" in steps[1]
+
+
+def test_two_ranks_of_batch_b_equal_one_rank_of_batch_2b_for_offline_dpo(tiny_files, tmp_path, capsys):
+    flags = ["--design", "dpo", "--warmup-steps", 0, "--lr", 1e-2]
+    result = torchrun(tmp_path, 2, tiny_flags(tiny_files, tmp_path / "two", *flags, "--batch-size", 2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    code, _, err = run_in_process(tiny_flags(tiny_files, tmp_path / "one", *flags, "--batch-size", 4), capsys)
+    assert code == 0, err
+    two, one = weights(tmp_path / "two"), weights(tmp_path / "one")
+    original = weights(tiny_files / "policy")
+    assert max((two[k] - original[k]).abs().max() for k in two) > 1e-2  # it trained
+    # The key bias (the middle third of c_attn.bias) has an exactly zero gradient (softmax ignores a shift shared by
+    # every key), so Adam turns rounding noise into full-size steps there: it is left out.
+    n_embd = two["transformer.wte.weight"].shape[1]
+    for k in two:
+        a, b = two[k], one[k]
+        if k.endswith("attn.c_attn.bias"):
+            a, b = torch.cat([a[:n_embd], a[2 * n_embd:]]), torch.cat([b[:n_embd], b[2 * n_embd:]])
+        assert torch.allclose(a, b, rtol=0, atol=1e-5), k
+
+
+def test_torchrun_resumes_after_a_kill_with_the_same_world_size(tiny_files, tmp_path, capsys):
+    flags = tiny_flags(tiny_files, tmp_path / "full", "--design", "mix", "--batch-size", 2, "--steps", 8,
+                       "--save-every", 2)
+    assert torchrun(tmp_path, 2, flags).returncode == 0
+
+    killed = tmp_path / "killed"
+    flags[flags.index("--output-dir") + 1] = str(killed)
+    proc = torchrun(tmp_path, 2, flags, wait=False)
+    while not (killed / "checkpoint-0000002").exists():  # kill -9 every process right after the first checkpoint
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    for pid in process_tree(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoint-0000008").exists()
+
+    code, _, err = run_in_process(flags, capsys)  # one process cannot continue a two-process run
+    assert code == 2 and "with 2 process(es)" in err
+    resumed = torchrun(tmp_path, 2, flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    full, again = weights(tmp_path / "full"), weights(killed)
+    assert all(torch.equal(full[k], again[k]) for k in full)
+    assert [json.loads(line)["step"] for line in open(killed / "metrics.jsonl")] == list(range(1, 9))

@@ -44,7 +44,12 @@ ABLATIONS = {
     "sail-dp ρ=1": {"design": "sail-dp", "dp_coef": 1.0},
     "sail-pr T=0.9": {"design": "sail-pr", "temperature": 0.9},
     "online-dpo T=0.9": {"design": "online-dpo", "temperature": 0.9},
-    "sail-pr + RevKL λ=1e-3": {"design": "sail-pr", "revkl_coef": 1e-3},
+    "sail-pr + RevKL λ=1e-3": {"design": "sail-pr", "revkl_coef": 1e-3},  # the follow-up's reported setting
+    "sail-pr + RevKL λ=0.3": {"design": "sail-pr", "revkl_coef": 0.3},
+    # the self-labelling designs run with RevKL λ = 0.3 by default; without it:
+    "sail-pp λ=0": {"design": "sail-pp", "revkl_coef": 0.0},
+    "sail-dp λ=0": {"design": "sail-dp", "revkl_coef": 0.0},
+    "mix λ=0": {"design": "mix", "revkl_coef": 0.0},
 }
 
 
