@@ -1,7 +1,7 @@
 """Throughput and memory of the core file's pieces on a GPT-2-small-sized policy (124M parameters, random init).
 
-For each precision (bf16 autocast, fp32) and gradient checkpointing (off, on): generation tokens per second with the
-sampler (KV cache on), and training pairs per second of a synthetic step built from the core functions (policy and
+For each batch (--pairs: 8 and 32 prompts), precision (bf16 autocast, fp32) and gradient checkpointing (off, on):
+generation tokens per second with the sampler (KV cache on, two samples per prompt, the median of 3), and training pairs per second of a synthetic step built from the core functions (policy and
 reference log-probs of 2B sequences, sail_loss with both bilevel terms on, backward, clipping, AdamW), with the
 peak GPU memory of each. Writes one JSON summary. Called by benchmarks/gpu_check.sh after the CUDA tests.
 
@@ -31,7 +31,7 @@ def peak_mib(device) -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
 
 
-def measure(opts, device, amp_dtype, checkpointing: bool) -> dict:
+def measure(opts, device, amp_dtype, checkpointing: bool, pairs: int) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -42,7 +42,7 @@ def measure(opts, device, amp_dtype, checkpointing: bool) -> dict:
     if checkpointing:
         br.enable_gradient_checkpointing(policy)
     tok = SimpleNamespace(pad_token_id=50256, eos_token_id=50256)  # all the sampler needs of a tokenizer
-    B, P, R = opts.pairs, opts.prompt_tokens, opts.response_tokens
+    B, P, R = pairs, opts.prompt_tokens, opts.response_tokens
     args = br.validate(br.Args(max_new_tokens=R, output_dir="unused", max_prompt_length=P, device=str(device)))
     prompt_ids = torch.randint(0, 50000, (B, P), device=device)
     prompt_mask = torch.ones_like(prompt_ids)
@@ -51,14 +51,16 @@ def measure(opts, device, amp_dtype, checkpointing: bool) -> dict:
     # generation: two samples per prompt, KV cache on (also under checkpointing: the sampler switches to eval mode)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    rates = []
     with br.autocast(device, amp_dtype):
         br.sample(policy, tok, prompt_ids, prompt_mask, n=2, seed=0, args=args)  # warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        ys = br.sample(policy, tok, prompt_ids, prompt_mask, n=2, seed=1, args=args)
-        sync(device)
-    generation_s = time.perf_counter() - t0
-    generated, generation_peak = sum(len(y) for y in ys), peak_mib(device)
+        for seed in range(1, 4):  # the median of 3
+            sync(device)
+            t0 = time.perf_counter()
+            ys = br.sample(policy, tok, prompt_ids, prompt_mask, n=2, seed=seed, args=args)
+            sync(device)
+            rates.append(sum(len(y) for y in ys) / (time.perf_counter() - t0))
+    generation_peak = peak_mib(device)
 
     # training: a synthetic step over the same prompts and fixed-length responses
     responses = [torch.randint(0, 50000, (R,)).tolist() for _ in range(2 * B)]
@@ -88,8 +90,8 @@ def measure(opts, device, amp_dtype, checkpointing: bool) -> dict:
         sync(device)
         if step:  # step 0 is a warm-up
             times.append(time.perf_counter() - t0)
-    return {"dtype": str(amp_dtype).replace("torch.", ""), "gradient_checkpointing": checkpointing,
-            "generation_tokens_per_s": generated / generation_s, "generation_peak_mib": generation_peak,
+    return {"pairs": B, "dtype": str(amp_dtype).replace("torch.", ""), "gradient_checkpointing": checkpointing,
+            "generation_tokens_per_s": sorted(rates)[1], "generation_peak_mib": generation_peak,
             "train_pairs_per_s": B * len(times) / sum(times), "train_peak_mib": peak_mib(device),
             "parameters_m": sum(p.numel() for p in policy.parameters()) / 1e6}
 
@@ -99,7 +101,8 @@ def main():
     parser.add_argument("--out", default="benchmarks/results/gpu_check.json")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model: a smoke run of this script")
-    parser.add_argument("--pairs", type=int, default=8, help="pairs (prompts) per step")
+    parser.add_argument("--pairs", type=int, nargs="+", default=[8, 32],
+                        help="pairs (prompts) per step; each value is measured")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--response-tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
@@ -111,10 +114,11 @@ def main():
     if device.type == "cuda":
         dtypes.insert(0, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     results = []
-    for amp_dtype in dtypes:
-        for checkpointing in (False, True):
-            results.append(measure(opts, device, amp_dtype, checkpointing))
-            print(json.dumps(results[-1]), flush=True)
+    for pairs in opts.pairs:
+        for amp_dtype in dtypes:
+            for checkpointing in (False, True):
+                results.append(measure(opts, device, amp_dtype, checkpointing, pairs))
+                print(json.dumps(results[-1]), flush=True)
     summary = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "settings": vars(opts), "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
