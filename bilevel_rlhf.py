@@ -32,9 +32,9 @@ Deliberate deviations, each explained where it happens in the code:
   5. Each returned per-pair loss has the value ℓ(Δ) and the gradient of the estimator (zero-valued surrogate
      terms), so the logged loss is comparable across designs.
   6. The SAIL-RevKL penalty (--revkl-coef, arXiv 2606.31524) is a per-token mean with the one-token shift between
-     logits and labels that the follow-up's own code misses. It is on by default (λ = 0.3) for the designs whose
-     policy labels its own pairs: their objective rewards confident self-preferences, which it reaches by drifting
-     away from pi_ref without bound (README, "Stability").
+     logits and labels that the follow-up's own code misses. It is on by default for the SAIL designs: without it
+     SAIL-PP's objective, which rewards confident self-preferences, drifts away from pi_ref without bound, and
+     SAIL-PR ran away on one seed in five (README, "Stability").
 
 Run it:
     python bilevel_rlhf.py                                  # embedded task: tiny GPT-2 on CPU, about a minute
@@ -72,6 +72,7 @@ from tqdm.auto import tqdm
 DESIGNS = ("dpo", "online-dpo", "sail-pr", "sail-pp", "sail-dp", "mix")
 SOURCES = ("offline", "dp", "pp", "pr")  # where an example's pair and label come from (ALGORITHM.md §4)
 OFFLINE, DP, PP, PR = range(4)
+REVKL_DEFAULTS = {"sail-pr": 0.1, "sail-pp": 0.3, "sail-dp": 0.3, "mix": 0.3}  # --revkl-coef λ by design
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,8 +148,9 @@ class Args:
     oracle_label: Literal["sample", "argmax"] = "sample"
     """oracle labels: a Bradley-Terry draw on the scores, or the higher score (ties a coin flip)"""
     revkl_coef: Optional[float] = None
-    """λ of the SAIL-RevKL penalty λ·KL(pi_ref ‖ pi_θ), per token on the batch's responses (default: 0.3 for sail-pp,
-    sail-dp and mix, whose self-labelled objective otherwise rewards drifting without bound; 0 for the others)"""
+    """λ of the SAIL-RevKL penalty λ·KL(pi_ref ‖ pi_θ), per token on the batch's responses (default: 0.1 for sail-pr;
+    0.3 for sail-pp, sail-dp and mix, whose self-labelled objective rewards drifting without bound; 0 for dpo and
+    online-dpo)"""
 
     # sampling
     max_new_tokens: Optional[int] = None
@@ -225,8 +227,8 @@ def validate(args: Args) -> Args:
         args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
     if not embedded and args.dataset is None:
         raise ValueError("--model needs --dataset (a .jsonl/.json file or a hub dataset id)")
-    if args.revkl_coef is None:  # J_PP and J_DP grow as the implicit rewards spread apart (README, "Stability")
-        args.revkl_coef = 0.3 if args.design in ("sail-pp", "sail-dp", "mix") else 0.0
+    if args.revkl_coef is None:  # the bilevel terms pull away from pi_ref; RevKL holds them (README, "Stability")
+        args.revkl_coef = REVKL_DEFAULTS.get(args.design, 0.0)
     if args.revkl_coef < 0:
         raise ValueError(f"--revkl-coef must be >= 0, got {args.revkl_coef}")
     if args.beta <= 0:
@@ -929,6 +931,11 @@ def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=t
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's data-parallel rank and the number of processes: (0, 1) unless launched with torchrun."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
 def list_checkpoints(output_dir: str) -> list[str]:
     """Complete checkpoints in output_dir, oldest first (a checkpoint gets its name only once fully written)."""
     names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
@@ -973,11 +980,6 @@ def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
     return state["step"]
 
 
-def rank_and_world() -> tuple[int, int]:
-    """This process's data-parallel rank and the number of processes: (0, 1) unless launched with torchrun."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
 def rollout_seed(seed: int, rollout: int, rank: int = 0) -> int:
     """One seed per (run seed, rollout index, rank): routing, sampling and labels of a rollout can be replayed,
     and each data-parallel rank draws its own."""
@@ -1016,8 +1018,9 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
 
     device = next(policy.parameters()).device
     rank, world = rank_and_world()
-    model = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 else policy  # forward/backward; sampling
-    # and evaluation use the bare policy (DDP adds nothing there)
+    # under torchrun the training forward goes through DDP, which all-reduces the gradients in backward; sampling and
+    # evaluation use the bare policy
+    model = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 else policy
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[args.schedule]
     scheduler = get_scheduler(schedule, opt, num_warmup_steps=args.warmup_steps, num_training_steps=args.steps)

@@ -366,17 +366,23 @@ def test_every_design_trains(design, loss):
 
 
 def test_revkl_changes_the_update():
-    _, plain = run_loop(seed=0, design="sail-pr", steps=2, warmup_steps=0)
+    _, plain = run_loop(seed=0, design="sail-pr", steps=2, warmup_steps=0, revkl_coef=0.0)
     history, regularized = run_loop(seed=0, design="sail-pr", steps=2, warmup_steps=0, revkl_coef=0.5)
     assert "objective/revkl" in history[-1]
     assert not all(torch.equal(p, q) for p, q in zip(plain.parameters(), regularized.parameters()))
 
 
+def test_revkl_defaults_by_design():
+    defaults = {d: br.validate(br.Args(design=d)).revkl_coef for d in br.DESIGNS}
+    assert defaults == {"dpo": 0.0, "online-dpo": 0.0, "sail-pr": 0.1, "sail-pp": 0.3, "sail-dp": 0.3, "mix": 0.3}
+    assert br.validate(br.Args(design="sail-pp", revkl_coef=0.0)).revkl_coef == 0.0  # an explicit 0 is kept
+
+
 def test_online_dpo_is_sail_pr_without_the_term():
     # NOTE: at θ = θ_ref every DPO loss is log 2, so the leave-one-out response term is exactly 0 on the first step
     _, model_online = run_loop(seed=0, design="online-dpo", steps=3, warmup_steps=0)
-    _, model_sail0 = run_loop(seed=0, design="sail-pr", steps=3, warmup_steps=0, pr_coef=0.0)
-    _, model_sail = run_loop(seed=0, design="sail-pr", steps=3, warmup_steps=0)
+    _, model_sail0 = run_loop(seed=0, design="sail-pr", steps=3, warmup_steps=0, pr_coef=0.0, revkl_coef=0.0)
+    _, model_sail = run_loop(seed=0, design="sail-pr", steps=3, warmup_steps=0, revkl_coef=0.0)
     assert all(torch.equal(p, q) for p, q in zip(model_online.parameters(), model_sail0.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(model_online.parameters(), model_sail.parameters()))
 

@@ -37,18 +37,19 @@ METHODS = {
     "mix": {"design": "mix"},
 }
 ABLATIONS = {
-    "sail-pr γ=1": {"design": "sail-pr", "pr_coef": 1.0},  # γ = 0 is online-dpo
+    "sail-pr γ=0": {"design": "sail-pr", "pr_coef": 0.0},  # online-dpo with sail-pr's default RevKL
+    "sail-pr γ=1": {"design": "sail-pr", "pr_coef": 1.0},
     "sail-pp π=0": {"design": "sail-pp", "pp_coef": 0.0},
     "sail-pp π=1": {"design": "sail-pp", "pp_coef": 1.0},
     "sail-dp ρ=0": {"design": "sail-dp", "dp_coef": 0.0},
     "sail-dp ρ=1": {"design": "sail-dp", "dp_coef": 1.0},
     "sail-pr T=0.9": {"design": "sail-pr", "temperature": 0.9},
     "online-dpo T=0.9": {"design": "online-dpo", "temperature": 0.9},
-    "sail-pr + RevKL λ=1e-3": {"design": "sail-pr", "revkl_coef": 1e-3},  # the follow-up's reported setting
-    "sail-pr + RevKL λ=0.3": {"design": "sail-pr", "revkl_coef": 0.3},
-    # the self-labelling designs run with RevKL λ = 0.3 by default; without it:
+    # the SAIL designs run with RevKL by default (λ = 0.1 for sail-pr, 0.3 for the self-labelling ones); without it,
+    # and at the follow-up's reported setting:
+    "sail-pr λ=0": {"design": "sail-pr", "revkl_coef": 0.0},
+    "sail-pr λ=1e-3": {"design": "sail-pr", "revkl_coef": 1e-3},
     "sail-pp λ=0": {"design": "sail-pp", "revkl_coef": 0.0},
-    "sail-dp λ=0": {"design": "sail-dp", "revkl_coef": 0.0},
     "mix λ=0": {"design": "mix", "revkl_coef": 0.0},
 }
 
