@@ -1006,10 +1006,10 @@ def process_tree(pid: int) -> list[int]:
 
 def test_torchrun_keeps_the_ranks_identical(tiny_files, tmp_path):
     # mix: every source (offline, self-labelled, sampled, oracle-labelled); --grad-accum 2: DDP syncs the gradient
-    # on the last micro-step only
+    # on the last micro-step only; with gradient checkpointing under DDP
     out = tmp_path / "run"
     result = torchrun(tmp_path, 2, tiny_flags(tiny_files, out, "--design", "mix", "--batch-size", 2, "--grad-accum",
-                                              2, "--eval-every", 2))
+                                              2, "--eval-every", 2, "--gradient-checkpointing"))
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)

@@ -149,6 +149,9 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 300, 120 with --quick)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate of every run (default: the core's)")
     parser.add_argument("--no-ablations", action="store_true", help="only the designs")
+    parser.add_argument("--methods", nargs="+", default=None, help="only these methods and ablations (their names "
+                        "in the table)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the tiny model gains little from "
                         "more, and timings do not suffer from other jobs' threads)")
     opts = parser.parse_args()
@@ -158,6 +161,8 @@ def main():
     eval_every = max(1, steps // 6)
     results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     name = "compare_quick" if opts.quick else "compare" if opts.lr is None else f"compare_lr{opts.lr}"
+    if opts.methods or opts.first_seed:  # a partial run never overwrites the full one
+        name += f"_seeds{opts.first_seed}-{opts.first_seed + seeds - 1}" + ("_subset" if opts.methods else "")
     out = os.path.join(results_dir, name)
     os.makedirs(os.path.dirname(out), exist_ok=True)
 
@@ -168,8 +173,13 @@ def main():
     ref_eval = br.evaluate(reference, reference, tok, eval_rows, br.gold_reward, task_args)
     ref_eval.update(sample_statistics(reference, tok, eval_rows, task_args))
     names = list(METHODS) + ([] if opts.no_ablations else list(ABLATIONS))
+    if opts.methods:
+        unknown = [n for n in opts.methods if n not in names]
+        if unknown:
+            parser.error(f"unknown method(s) {unknown}: choose from {names}")
+        names = [n for n in names if n in opts.methods]
     results = []
-    for seed in range(seeds):  # seeds outermost: a partial run still covers every method
+    for seed in range(opts.first_seed, opts.first_seed + seeds):  # seeds outermost: a partial run covers every method
         for name in names:
             overrides = {**METHODS, **ABLATIONS}[name]
             results.append(run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_every, opts.lr))
@@ -181,7 +191,7 @@ def main():
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({opts.threads} torch "
                f"thread(s)), torch {torch.__version__}, Python {platform.python_version()}")
     header = (f"{'Quick mode: ' if opts.quick else ''}{steps} steps × 16 pairs per run, learning rate "
-              f"{opts.lr or br.validate(br.Args()).lr}, {seeds} seed(s), "
+              f"{opts.lr or br.validate(br.Args()).lr}, {seeds} seed(s) from seed {opts.first_seed}, "
               f"{len(eval_rows)} eval prompts; mean ± standard deviation over seeds. Machine: {machine}. "
               f"Total {time.perf_counter() - t0:.0f} s.")
     with open(out + ".md", "w") as f:
