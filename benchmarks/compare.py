@@ -79,7 +79,8 @@ def run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_ever
     oracle_labels = round(sum(m["route/pr"] for m in history) * args.batch_size * args.grad_accum)
     return {"method": name, "seed": seed, "wall_s": wall, "curve": curve, "gold/reward": final["gold/reward"],
             "gold/win_rate": final["gold/win_rate"], "objective/kl": final["objective/kl"],
-            "oracle_labels": oracle_labels, **sample_statistics(policy, tok, eval_rows, args)}
+            "oracle_labels": oracle_labels, **sample_statistics(policy, tok, eval_rows, args),
+            "steps": [{k: m[k] for k in ("step", "loss", "grad_norm", "objective/sample_kl") if k in m} for m in history]}
 
 
 def summarize(results: list[dict], names: list[str]) -> list[dict]:
