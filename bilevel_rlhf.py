@@ -129,8 +129,9 @@ class Args:
     """which pairs and labels are used; see the module docstring"""
     loss: Literal["dpo", "ipo", "slic"] = "dpo"
     """pairwise loss ℓ(Δ): dpo (sigmoid), ipo (squared), slic (hinge)"""
-    beta: float = 0.1
-    """β, the KL strength of the lower level and the scale of the implicit reward"""
+    beta: Optional[float] = None
+    """β, the KL strength of the lower level and the scale of the implicit reward (default: 0.1; 1.0 with --loss slic,
+    whose hinge max(0, 1 − βΔ) then asks for SLiC-HF's margin of 1 nat rather than 10)"""
     dp_fraction: float = 0.4
     """r: fraction of examples whose dataset pair is relabelled by the policy (sail-dp, mix)"""
     dp_coef: float = 0.2
@@ -231,6 +232,8 @@ def validate(args: Args) -> Args:
         args.revkl_coef = REVKL_DEFAULTS.get(args.design, 0.0)
     if args.revkl_coef < 0:
         raise ValueError(f"--revkl-coef must be >= 0, got {args.revkl_coef}")
+    if args.beta is None:
+        args.beta = 1.0 if args.loss == "slic" else 0.1
     if args.beta <= 0:
         raise ValueError(f"--beta must be > 0, got {args.beta}")
     for name in ("dp_fraction", "pp_fraction", "pr_fraction", "dp_coef", "pp_coef", "pr_coef"):

@@ -378,6 +378,12 @@ def test_revkl_defaults_by_design():
     assert br.validate(br.Args(design="sail-pp", revkl_coef=0.0)).revkl_coef == 0.0  # an explicit 0 is kept
 
 
+def test_slic_defaults_to_a_margin_of_one_nat():
+    assert br.validate(br.Args(loss="slic")).beta == 1.0  # SLiC-HF's δ = 1: the hinge is max(0, 1 − βΔ)
+    assert br.validate(br.Args(loss="dpo")).beta == 0.1 and br.validate(br.Args(loss="ipo")).beta == 0.1
+    assert br.validate(br.Args(loss="slic", beta=0.1)).beta == 0.1
+
+
 def test_online_dpo_is_sail_pr_without_the_term():
     # NOTE: at θ = θ_ref every DPO loss is log 2, so the leave-one-out response term is exactly 0 on the first step
     _, model_online = run_loop(seed=0, design="online-dpo", steps=3, warmup_steps=0)
