@@ -1338,13 +1338,13 @@ def main(argv=None) -> dict:
           "pairs per step")
 
     # output folder: resume, refuse or start; then args.json and metrics.jsonl (kept up to the checkpoint's step)
+    report = make_reporter(args) if rank == 0 else None  # a missing package is refused before anything is deleted
     resume_from = prepare_output_dir(args)  # every rank reaches the same decision; only rank 0 deletes or writes
     if world > 1:
         dist.barrier()
     if rank != 0:  # the other ranks only train
         train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype, resume_from=resume_from)
         return {}
-    report = make_reporter(args)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "args.json"), "w") as f:
         json.dump(dataclasses.asdict(args), f, indent=2)

@@ -963,6 +963,10 @@ def test_report_to_tensorboard_without_the_package(tiny_files, tmp_path, capsys)
     code, _, err = run_in_process(tiny_flags(tiny_files, tmp_path / "out", "--design", "dpo", "--report-to",
                                              "tensorboard"), capsys)
     assert code == 2 and "pip install tensorboard" in err
+    assert run_in_process(tiny_flags(tiny_files, tmp_path / "out", "--design", "dpo"), capsys)[0] == 0
+    code, _, err = run_in_process(tiny_flags(tiny_files, tmp_path / "out", "--design", "dpo", "--overwrite",
+                                             "--report-to", "tensorboard"), capsys)
+    assert code == 2 and (tmp_path / "out" / "checkpoint-0000004").exists()  # refused before --overwrite deletes
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ pairs per step, so budgets match: steps × batch size preference pairs per run. 
 oracle for labels of their own samples (counted in the `oracle labels` column). Each run is evaluated every
 --eval-every steps on the same held-out prompts; the points along training give one curve per method.
 
-    python benchmarks/compare.py              # the full comparison (3 seeds; about 25 minutes on 2 CPU cores)
+    python benchmarks/compare.py              # the full comparison (3 seeds; about 27 minutes on 2 CPU cores)
     python benchmarks/compare.py --quick      # a smaller task, 1 seed, fewer steps (about 4 minutes)
 
 Writes benchmarks/results/compare[_quick].{json,md,png} (the plot only when matplotlib is installed).
