@@ -50,6 +50,7 @@ import functools
 import inspect
 import json
 import math
+import numbers
 import os
 import random
 import re
@@ -64,6 +65,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 # Shapes used in comments: B pairs (prompts) in a micro-batch, P prompt tokens, R response tokens, T = P + R,
@@ -73,6 +75,10 @@ DESIGNS = ("dpo", "online-dpo", "sail-pr", "sail-pp", "sail-dp", "mix")
 SOURCES = ("offline", "dp", "pp", "pr")  # where an example's pair and label come from (ALGORITHM.md §4)
 OFFLINE, DP, PP, PR = range(4)
 REVKL_DEFAULTS = {"sail-pr": 0.1, "sail-pp": 0.3, "sail-dp": 0.3, "mix": 0.3}  # --revkl-coef λ by design
+PAPER_FRACTIONS = {"dp": 0.4, "pp": 0.3, "pr": 0.3}  # r, p, g: each design's share of DP, PP, PR examples
+MIX_SCALE = 0.6  # mix routes 0.6 × (r, p, g): 40% of its examples keep their dataset label (the paper's keep none)
+SELF_LABELS_DEFAULT = "sample"  # --self-labels
+STREAMS = ("route", "sample", "oracle", "self")  # independent random streams of a rollout (ALGORITHM.md §6c)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,31 +133,38 @@ class Args:
     # algorithm
     design: Literal["dpo", "online-dpo", "sail-pr", "sail-pp", "sail-dp", "mix"] = "sail-pr"
     """which pairs and labels are used; see the module docstring"""
-    loss: Literal["dpo", "ipo", "slic"] = "dpo"
-    """pairwise loss ℓ(Δ): dpo (sigmoid), ipo (squared), slic (hinge)"""
+    loss: Literal["dpo", "ipo", "ipo-token", "slic"] = "dpo"
+    """pairwise loss ℓ(Δ): dpo (sigmoid); ipo (squared, on summed log-probs: IPO Eq. 17 as written); ipo-token
+    (squared, on per-token log-ratios: TRL's form); slic (the hinge max(0, 1 − βΔ) on the reference-normalized margin,
+    TRL's "hinge", not SLiC-HF's loss on raw log-probs)"""
     beta: Optional[float] = None
     """β, the KL strength of the lower level and the scale of the implicit reward (default: 0.1; 1.0 with --loss slic,
     whose hinge max(0, 1 − βΔ) then asks for SLiC-HF's margin of 1 nat rather than 10)"""
-    dp_fraction: float = 0.4
-    """r: fraction of examples whose dataset pair is relabelled by the policy (sail-dp, mix)"""
+    dp_fraction: Optional[float] = None
+    """r: fraction of DP examples, dataset pairs relabelled by the policy (default: 0.4 in sail-dp; MIX_SCALE × 0.4
+    in mix)"""
     dp_coef: float = 0.2
-    """ρ: coefficient of the label term (3) on those examples"""
-    pp_fraction: float = 0.3
-    """p: fraction of examples sampled from and labelled by the policy (sail-pp, mix)"""
+    """ρ: coefficient of the label term (3) on DP examples"""
+    pp_fraction: Optional[float] = None
+    """p: fraction of PP examples, sampled from and labelled by the policy (default: 0.3 in sail-pp; MIX_SCALE × 0.3
+    in mix)"""
     pp_coef: float = 0.2
-    """π: coefficient of the response term (2) and the label term (3) on those examples"""
-    pr_fraction: float = 0.3
-    """g: fraction of examples sampled from the policy and labelled by the oracle (online-dpo, sail-pr, mix)"""
+    """coefficient of the response term (2) and the label term (3) on PP examples (the paper's "π")"""
+    pr_fraction: Optional[float] = None
+    """g: fraction of PR examples, sampled from the policy and labelled by the oracle (default: 0.3 in online-dpo and
+    sail-pr; MIX_SCALE × 0.3 in mix)"""
     pr_coef: float = 0.3
     """γ: coefficient of the response term (2) on those examples (0 for online-dpo)"""
     baseline: Literal["loo", "none"] = "loo"
     """baseline b of the response term: leave-one-out mean of ℓ over the micro-batch, or none"""
     oracle_label: Literal["sample", "argmax"] = "sample"
     """oracle labels: a Bradley-Terry draw on the scores, or the higher score (ties a coin flip)"""
+    self_labels: Optional[Literal["sample", "expect"]] = None
+    """labels of DP and PP examples: sample (a Bradley-Terry draw from the implicit reward, the paper's) or expect (the
+    closed-form expectation over the label, no label noise); default: SELF_LABELS_DEFAULT"""
     revkl_coef: Optional[float] = None
-    """λ of the SAIL-RevKL penalty λ·KL(pi_ref ‖ pi_θ), per token on the batch's responses (default: 0.1 for sail-pr;
-    0.3 for sail-pp, sail-dp and mix, whose self-labelled objective rewards drifting without bound; 0 for dpo and
-    online-dpo)"""
+    """λ of the SAIL-RevKL penalty: λ × the exact next-token KL(pi_ref ‖ pi_θ) over the vocabulary, averaged over the
+    batch's response positions (default: REVKL_DEFAULTS by design, 0 for the others)"""
 
     # sampling
     max_new_tokens: Optional[int] = None
@@ -228,8 +241,13 @@ def validate(args: Args) -> Args:
         args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
     if not embedded and args.dataset is None:
         raise ValueError("--model needs --dataset (a .jsonl/.json file or a hub dataset id)")
-    if args.revkl_coef is None:  # the bilevel terms pull away from pi_ref; RevKL holds them (README, "Stability")
+    if args.revkl_coef is None:  # chosen from the study in the README, "Stability"
         args.revkl_coef = REVKL_DEFAULTS.get(args.design, 0.0)
+    if args.self_labels is None:
+        args.self_labels = SELF_LABELS_DEFAULT
+    for source, fraction in PAPER_FRACTIONS.items():
+        if getattr(args, f"{source}_fraction") is None:
+            setattr(args, f"{source}_fraction", fraction * (MIX_SCALE if args.design == "mix" else 1.0))
     if args.revkl_coef < 0:
         raise ValueError(f"--revkl-coef must be >= 0, got {args.revkl_coef}")
     if args.beta is None:
@@ -478,35 +496,54 @@ def load_reward_fn(spec: str) -> Callable:
 ASSISTANT_TAG = "\n\nAssistant:"  # Anthropic HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..."
 
 
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def read_file_rows(source: str) -> list[tuple[str, dict]]:
+    """The rows of a .json file (a list of objects) or of any other file read as JSONL (one object per line)."""
+    if source.endswith(".json"):
+        with open(source, encoding="utf-8-sig") as f:
+            try:
+                rows = json.load(f)
+            except json.JSONDecodeError as e:
+                raise RunError(f"{source}:{e.lineno}: invalid JSON ({e.msg}); a .json file holds one list of "
+                                 "objects, one object per line needs the .jsonl extension") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise RunError(f"{source}: expected a top-level JSON list of objects")
+        return [(f"{source}[{i}]", row) for i, row in enumerate(rows)]
+    rows = []  # any other extension is read as JSONL
+    with open(source, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RunError(f"{source}:{line_no}: expected one JSON object per line ({e.msg}, column "
+                                 f"{e.colno})") from None
+            if not isinstance(row, dict):
+                raise RunError(f"{source}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            rows.append((f"{source}:{line_no}", row))
+    return rows
+
+
 def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
     """Raw rows, each with where it came from ("file.jsonl:LINE"), from a .jsonl file (one JSON object per line;
     blank lines skipped), a .json file (a top-level list of objects), or — when `source` is not an existing path — a
     hub dataset id loaded with `datasets.load_dataset(source, split=split)` (imported only then)."""
     if os.path.isfile(source):
-        if source.endswith(".json"):
-            with open(source) as f:
-                try:
-                    rows = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise RunError(f"{source}:{e.lineno}: invalid JSON ({e.msg}); a .json file holds one list of "
-                                     "objects, one object per line needs the .jsonl extension") from None
-            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                raise RunError(f"{source}: expected a top-level JSON list of objects")
-            return [(f"{source}[{i}]", row) for i, row in enumerate(rows)]
-        rows = []  # any other extension is read as JSONL
-        with open(source) as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RunError(f"{source}:{line_no}: expected one JSON object per line ({e.msg}, column "
-                                     f"{e.colno})") from None
-                if not isinstance(row, dict):
-                    raise RunError(f"{source}:{line_no}: expected a JSON object, got {type(row).__name__}")
-                rows.append((f"{source}:{line_no}", row))
-        return rows
+        try:
+            return read_file_rows(source)
+        except UnicodeDecodeError:
+            with open(source, "rb") as f:
+                line_no = next(n for n, line in enumerate(f, 1) if not is_utf8(line))
+            raise RunError(f"{source}: not UTF-8 text (line {line_no})") from None
+
 
     # NOTE: on Linux os.sep is "/", which every hub id ("org/name") contains, so a path is recognised by its
     # extension, a leading "/", "." or "~", or more than one "/".
@@ -638,12 +675,13 @@ def read_preferences(source: str, tok, split: str = "train") -> list[dict]:
     return [normalize_row(row, tok, where) for where, row in read_rows(source, split)]
 
 
-def prepare_rows(rows: list[dict], tok, max_prompt_length: int) -> tuple[list[dict], dict]:
+def prepare_rows(rows: list[dict], tok, max_prompt_length: int, max_new_tokens: int) -> tuple[list[dict], dict]:
     """Drop empty rows (empty/whitespace prompt, or a pair with an empty response), pairs whose chosen == rejected,
     and exact duplicates (same prompt, chosen, rejected); count prompts longer than max_prompt_length tokens (they
-    are truncated from the left later, not dropped). Returns the kept rows and the counts
-    {"rows": n_in, "empty": .., "identical": .., "duplicates": .., "long_prompts": ..}."""
-    counts = {"rows": len(rows), "empty": 0, "identical": 0, "duplicates": 0, "long_prompts": 0}
+    are truncated from the left later, not dropped) and pairs with a response longer than max_new_tokens tokens with
+    its EOS (cut to that budget later). Returns the kept rows and the counts
+    {"rows": n_in, "empty": .., "identical": .., "duplicates": .., "long_prompts": .., "long_responses": ..}."""
+    counts = {"rows": len(rows), "empty": 0, "identical": 0, "duplicates": 0, "long_prompts": 0, "long_responses": 0}
     kept, seen = [], set()
     for r in rows:
         pair = r["chosen"] is not None
@@ -660,6 +698,13 @@ def prepare_rows(rows: list[dict], tok, max_prompt_length: int) -> tuple[list[di
     if kept:
         lengths = [len(ids) for ids in tok([r["prompt"] for r in kept], add_special_tokens=False).input_ids]
         counts["long_prompts"] = sum(n > max_prompt_length for n in lengths)
+        pairs = [r for r in kept if r["chosen"] is not None]
+
+        def too_long(key):  # + 1: the EOS that encode_responses appends
+            ids = tok([r[key] for r in pairs], add_special_tokens=False).input_ids
+            return [len(y) + 1 > max_new_tokens for y in ids]
+        if pairs:
+            counts["long_responses"] = sum(c or r for c, r in zip(too_long("chosen"), too_long("rejected")))
     return kept, counts
 
 
@@ -685,14 +730,17 @@ def split_eval(rows: list[dict], eval_fraction: float, max_eval: int, seed: int)
 
 def load_preferences(args: Args, tok) -> tuple[list[dict], list[dict]]:
     """Training rows and evaluation rows from --dataset (and --eval-split): cleaned, counted and checked."""
-    rows, counts = prepare_rows(read_preferences(args.dataset, tok, args.dataset_split), tok, args.max_prompt_length)
+    rows, counts = prepare_rows(read_preferences(args.dataset, tok, args.dataset_split), tok, args.max_prompt_length,
+                                args.max_new_tokens)
     print(f"{args.dataset}: {counts['rows']} rows; dropped {counts['empty']} empty, {counts['identical']} with "
           f"chosen == rejected, {counts['duplicates']} duplicates; {counts['long_prompts']} prompts are longer than "
-          f"{args.max_prompt_length} tokens and lose their beginning")
+          f"{args.max_prompt_length} tokens and lose their beginning; {counts['long_responses']} pairs have a response "
+          f"longer than {args.max_new_tokens} tokens (--max-new-tokens), cut to that length")
     if args.eval_split:  # a file of its own, or a split of the hub dataset
         own_file = os.path.exists(args.eval_split)
         source, split = (args.eval_split, "train") if own_file else (args.dataset, args.eval_split)
-        eval_rows, _ = prepare_rows(read_preferences(source, tok, split), tok, args.max_prompt_length)
+        eval_rows, _ = prepare_rows(read_preferences(source, tok, split), tok, args.max_prompt_length,
+                                    args.max_new_tokens)
     else:
         rows, eval_rows = split_eval(rows, args.eval_fraction, args.eval_prompts, args.seed)
     if not eval_rows:
@@ -719,16 +767,18 @@ def encode_prompts(tok, prompts: list[str], max_length: int, device):
     return enc.input_ids.to(device), enc.attention_mask.to(device)
 
 
-def encode_responses(tok, texts: list[str]) -> list[list[int]]:
-    """Token ids of dataset responses, each ending with EOS like a finished policy sample."""
-    return [ids + [tok.eos_token_id] for ids in tok(texts, add_special_tokens=False).input_ids]
+def encode_responses(tok, texts: list[str], max_tokens: int) -> list[list[int]]:
+    """Token ids of dataset responses, each ending with EOS like a finished policy sample, cut to the response budget
+    (as TRL's max_completion_length): a cut response has no EOS, like a sample that ran out of tokens."""
+    return [(ids + [tok.eos_token_id])[:max_tokens] for ids in tok(texts, add_special_tokens=False).input_ids]
 
 
 def join(prompt_ids, prompt_mask, responses: list[list[int]], pad_id: int):
     """Stack each prompt with each of its responses into one sequence per row.
 
     `responses` holds n responses per prompt as [all B firsts; all B seconds; ...] (n = 2 for pairs).
-    Returns input_ids, attention_mask and response_mask, each (nB, T); rows i, i + B, ... share prompt i.
+    Returns input_ids and attention_mask, (nB, T), and response_mask, (nB, R): the response tokens among the last R
+    columns. Rows i, i + B, ... share prompt i.
     """
     n = len(responses) // prompt_ids.shape[0]
     R = max(1, max(len(r) for r in responses))
@@ -741,8 +791,7 @@ def join(prompt_ids, prompt_mask, responses: list[list[int]], pad_id: int):
     prompt_ids, prompt_mask = prompt_ids.repeat(n, 1), prompt_mask.repeat(n, 1)  # (nB, P)
     input_ids = torch.cat([prompt_ids, resp.to(device)], dim=1)  # (nB, T)
     attention_mask = torch.cat([prompt_mask, resp_mask.to(device)], dim=1)  # (nB, T)
-    response_mask = torch.cat([torch.zeros_like(prompt_mask), resp_mask.to(device)], dim=1)  # (nB, T)
-    return input_ids, attention_mask, response_mask
+    return input_ids, attention_mask, resp_mask.to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -781,19 +830,66 @@ def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args) -
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Sequence log-probs: one helper for the sampler's evaluation, both labelers and the loss
+# Sequence log-probs and the KL penalty: one set of helpers for the labelers, the loss and the evaluation
 
-def sequence_logps(model, input_ids, attention_mask, response_mask) -> torch.Tensor:
-    """log pi(y|x) = Σ_t log pi(y_t | x, y_<t) over response tokens, in float32. Shape: (N,)."""
+ROW_CHUNK = 8  # rows whose fp32 log-softmax over the vocabulary is alive at once
+
+
+def response_logits(model, input_ids, attention_mask, response_mask) -> torch.Tensor:
+    """The logits that predict the response tokens, in the model's dtype. Shape: (N, R, V).
+
+    Prompts are left-padded and responses right-padded, so the responses are the last R columns. The logits at
+    position t predict token t + 1, so the model computes only the last R + 1 positions (logits_to_keep) and the very
+    last is dropped: no (N, T, V) tensor is ever made.
+    """
     # NOTE: left padding shifts absolute positions (GPT-2); count positions from the first real token (TRL #6800).
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (N, T)
     # use_cache=False: scoring needs no KV cache (building one costs memory, and checkpointing would warn about it)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False).logits
-    # The logits at position t predict token t + 1: drop the last logit and the first label.
-    logits, labels = logits[:, :-1].float(), input_ids[:, 1:]  # (N, T-1, V), (N, T-1)
-    token_logps = -F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (N, T-1), fp32
-    return (token_logps * response_mask[:, 1:]).sum(dim=1)  # (N,)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                   logits_to_keep=response_mask.shape[1] + 1).logits  # (N, R + 1, V)
+    return logits[:, :-1]  # (N, R, V)
+
+
+def _token_logps_and_kl(logits, labels, ref_logprobs):
+    """One chunk of rows: log pi(y_t) of the labels, Shape (n, R), and KL_t(pi_ref ‖ pi_θ) at each position (§6)."""
+    logprobs = logits.float().log_softmax(dim=-1)  # (n, R, V), fp32 whatever the autocast dtype
+    token_logps = logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (n, R)
+    if ref_logprobs is None:
+        return token_logps, torch.zeros_like(token_logps)
+    kl = (ref_logprobs.exp() * (ref_logprobs - logprobs)).sum(dim=-1)  # (n, R): Σ_v pi_ref(v) log(pi_ref/pi_θ)(v)
+    return token_logps, kl.clamp(min=0)  # NOTE: a KL is ≥ 0; rounding alone can take equal distributions below 0
+
+
+def token_logps_and_kl(logits, labels, ref_logprobs=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 log pi(y_t | x, y_<t) of the response tokens and, given the reference's log-softmax at the same positions
+    (N, R, V), the exact next-token KL(pi_ref ‖ pi_θ) over the vocabulary at each of them (zeros without it).
+
+    logits: (N, R, V) from response_logits; labels: the response columns of input_ids, (N, R). Returns two (N, R).
+    ROW_CHUNK rows at a time, and with a gradient each chunk is recomputed in the backward pass (checkpoint), so
+    only one chunk's fp32 log-softmax is ever alive.
+    """
+    ref_chunks = ref_logprobs.split(ROW_CHUNK) if ref_logprobs is not None else [None] * len(labels.split(ROW_CHUNK))
+    chunk = functools.partial(checkpoint, _token_logps_and_kl, use_reentrant=False) if logits.requires_grad \
+        else _token_logps_and_kl
+    parts = [chunk(x, y, r) for x, y, r in zip(logits.split(ROW_CHUNK), labels.split(ROW_CHUNK), ref_chunks)]
+    return torch.cat([t for t, _ in parts]), torch.cat([k for _, k in parts])  # (N, R) each
+
+
+@torch.no_grad()
+def reference_logprobs(ref, input_ids, attention_mask, response_mask) -> torch.Tensor:
+    """pi_ref's fp32 log-softmax at the response positions, Shape (N, R, V): computed once per rollout, without
+    gradient, ROW_CHUNK rows at a time into the logits' own fp32 copy (so it costs one (N, R, V) fp32 tensor)."""
+    logprobs = response_logits(ref, input_ids, attention_mask, response_mask).float()  # (N, R, V)
+    for rows in logprobs.split(ROW_CHUNK):
+        rows.copy_(rows.log_softmax(dim=-1))  # the policy's own function: equal models give bitwise equal values
+    return logprobs
+
+
+def sequence_logps(model, input_ids, attention_mask, response_mask) -> torch.Tensor:
+    """log pi(y|x) = Σ_t log pi(y_t | x, y_<t) over response tokens, in float32. Shape: (N,)."""
+    logits = response_logits(model, input_ids, attention_mask, response_mask)  # (N, R, V)
+    token_logps, _ = token_logps_and_kl(logits, input_ids[:, -response_mask.shape[1]:])  # (N, R)
+    return (token_logps * response_mask).sum(dim=1)  # (N,)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -815,13 +911,31 @@ def implicit_reward_label(policy_logps, ref_logps, beta: float, generator) -> to
     return bradley_terry_label(reward[:B], reward[B:], generator)
 
 
-def oracle_label(oracle, prompts, y1_texts, y2_texts, mode: str, generator) -> tuple[torch.Tensor, int]:
-    """Label with an oracle's scores: a Bradley-Terry draw, or argmax with ties a coin flip.
+def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[float]:
+    """The oracle's scores of (prompt, response) pairs, checked: one finite number per response. Anything else, or an
+    exception inside the oracle, stops the run with one line (before the update: the last checkpoint stays intact)."""
+    stop = f"{when}: the oracle %s; stopped before any update, the last checkpoint is intact"
+    try:
+        scores = oracle(prompts, responses)
+    except Exception as e:  # the user's code: say what it raised, in one line
+        raise RunError(stop % f"raised {type(e).__name__}: {e}") from None
+    if isinstance(scores, (torch.Tensor, np.ndarray)):
+        scores = scores.tolist()
+    if not isinstance(scores, (list, tuple)) or len(scores) != len(responses):
+        what = f"{len(scores)} scores" if isinstance(scores, (list, tuple)) else f"a {type(scores).__name__}"
+        raise RunError(stop % f"returned {what} for {len(responses)} responses (expected one number per response)")
+    for i, x in enumerate(scores):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+            raise RunError(stop % f"returned {x!r} ({type(x).__name__}) as score {i} (expected a finite number)")
+    return [float(x) for x in scores]
+
+
+def oracle_label(scores1: list[float], scores2: list[float], mode: str, generator) -> tuple[torch.Tensor, int]:
+    """Label with an oracle's scores of y1 and y2: a Bradley-Terry draw, or argmax with ties a coin flip.
 
     Returns (B,) bool (True = y1 wins) and the number of ties.
     """
-    s1 = torch.tensor(oracle(prompts, y1_texts), dtype=torch.double)
-    s2 = torch.tensor(oracle(prompts, y2_texts), dtype=torch.double)
+    s1, s2 = torch.tensor(scores1, dtype=torch.double), torch.tensor(scores2, dtype=torch.double)
     if mode == "sample":
         return bradley_terry_label(s1, s2, generator), int((s1 == s2).sum())
     coin = torch.rand(s1.shape, generator=generator, dtype=torch.double) < 0.5
@@ -831,24 +945,43 @@ def oracle_label(oracle, prompts, y1_texts, y2_texts, mode: str, generator) -> t
 # ----------------------------------------------------------------------------------------------------------------
 # The loss
 
+def pairwise_loss(delta, beta: float, loss_type: str) -> torch.Tensor:
+    """ℓ(Δ) of ALGORITHM.md §2, elementwise."""
+    if loss_type == "dpo":
+        return -F.logsigmoid(beta * delta)  # −log σ(βΔ), DPO Eq. 7
+    if loss_type in ("ipo", "ipo-token"):
+        return (delta - 1 / (2 * beta)) ** 2  # (Δ − 1/(2β))², IPO Eq. 17
+    if loss_type == "slic":
+        # NOTE: the hinge on the reference-normalized margin (TRL's "hinge", RSO), not SLiC-HF's loss on raw log pi_θ
+        return torch.relu(1 - beta * delta)  # max(0, 1 − βΔ)
+    raise ValueError(f"unknown loss_type {loss_type!r}: expected dpo, ipo, ipo-token or slic")
+
+
 def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta, loss_type="dpo",
-              response_coef=0.0, label_coef=0.0, on_policy=None, self_labeled=None, baseline="loo"):
+              response_coef=0.0, label_coef=0.0, on_policy=None, self_labeled=None, self_labels="sample",
+              lengths=None, baseline="loo"):
     """Per-pair pairwise loss plus the two bilevel terms of SAIL (ALGORITHM.md §5).
 
     Args:
         policy_logps_w, policy_logps_l: log pi_θ of the preferred / dispreferred response. Shape: (B,).
         ref_logps_w, ref_logps_l: the same under pi_ref (no gradient needed). Shape: (B,).
         beta: β, the scale of the implicit reward.
-        loss_type: "dpo" (sigmoid), "ipo" (squared, on summed log-probs) or "slic" (hinge).
+        loss_type: "dpo" (sigmoid), "ipo" (squared, on summed log-probs), "ipo-token" (squared, on per-token
+            log-ratios: needs `lengths`) or "slic" (hinge on the reference-normalized margin).
         response_coef: c_resp, a float or Shape (B,): weight of the response term (2).
         label_coef: c_label, a float or Shape (B,): weight of the label term (3).
         on_policy: bool, Shape (B,): the pair was sampled from pi_θ (term (2) applies). None = all False.
-        self_labeled: bool, Shape (B,): the label was drawn from P_θ (term (3) applies). None = all False.
+        self_labeled: bool, Shape (B,): the label comes from P_θ (term (3) applies). None = all False.
+        self_labels: "sample": the label of a self-labelled pair was drawn from P_θ and term (3) is its score-function
+            term; "expect": the loss of such a pair is the expectation over its label (§6b), whatever order it is in.
+        lengths: response token counts (len_w, len_l), each Shape (B,); only for "ipo-token".
         baseline: "loo" (b = mean of ℓ over the other pairs of the batch) or "none" (b = 0).
 
     Returns:
-        losses, chosen_rewards, rejected_rewards, each Shape (B,). `losses` has the value ℓ(Δ_θ) and the gradient
-        whose mean estimates −∇J: the bilevel terms are added as x − sg(x), zero in value.
+        losses, chosen_rewards, rejected_rewards, each Shape (B,). `losses` has the value ℓ(Δ_θ) (its expectation over
+        the label for self-labelled pairs under "expect"); the bilevel terms are added as x − sg(x), zero in value.
+        With both coefficients 1 the mean gradient estimates −∇J; with c < 1 it estimates (1 − c)·g_0 + c·(−∇J),
+        g_0 being the gradient with the data distribution held at the current policy (online DPO's, §5).
     """
     assert policy_logps_w.shape == policy_logps_l.shape == ref_logps_w.shape == ref_logps_l.shape
     assert policy_logps_w.dim() == 1
@@ -858,14 +991,16 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
     self_labeled = no if self_labeled is None else self_labeled
 
     delta = (policy_logps_w - ref_logps_w) - (policy_logps_l - ref_logps_l)  # Δ_θ, §1
-    if loss_type == "dpo":
-        losses = -F.logsigmoid(beta * delta)  # −log σ(βΔ), DPO Eq. 7
-    elif loss_type == "ipo":
-        losses = (delta - 1 / (2 * beta)) ** 2  # (Δ − 1/(2β))², IPO Eq. 17
-    elif loss_type == "slic":
-        losses = torch.relu(1 - beta * delta)  # max(0, 1 − βΔ), SLiC-HF hinge
-    else:
-        raise ValueError(f"unknown loss_type {loss_type!r}: expected dpo, ipo or slic")
+    loss_delta = delta  # what ℓ sees; the implicit reward, the labels and terms (2), (3) always use summed log-probs
+    if loss_type == "ipo-token":  # TRL's IPO: each response's log-ratio divided by its token count
+        loss_delta = (policy_logps_w - ref_logps_w) / lengths[0] - (policy_logps_l - ref_logps_l) / lengths[1]
+    losses = pairwise_loss(loss_delta, beta, loss_type)  # (B,)
+    log_p = F.logsigmoid(beta * delta)  # log P_θ(z) of the realized order (y_w ≻ y_l), for every loss_type (§5)
+    if self_labels == "expect":  # §6b: E_z ℓ = p·ℓ(Δ) + (1 − p)·ℓ(−Δ), differentiated through ℓ (term (1)) and,
+        p = log_p.exp()  # with weight c_label, through p = P_θ(y_w ≻ y_l) (term (3), in expectation)
+        p = p.detach() + label_coef * (p - p.detach())
+        expected = p * losses + (1 - p) * pairwise_loss(-loss_delta, beta, loss_type)
+        losses = torch.where(self_labeled, expected, losses)
 
     ell = losses.detach()
     if baseline == "loo":  # mean of the other B − 1 losses: independent of this pair, so the estimator stays unbiased
@@ -878,24 +1013,14 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
     # (2) response term: sg(ℓ − b) · ∇[log pi_θ(y_w) + log pi_θ(y_l)], only where the pair came from pi_θ
     log_q = policy_logps_w + policy_logps_l
     response_term = response_coef * (ell - b) * (log_q - log_q.detach())
-    # (3) label term: sg(ℓ) · ∇ log P_θ(z), with log P_θ(z) = log σ(βΔ) for the realized label, for every loss_type
-    log_p = F.logsigmoid(beta * delta)
+    # (3) label term: sg(ℓ) · ∇ log P_θ(z), only where the label was drawn from P_θ (under "expect" it is inside ℓ)
     label_term = label_coef * ell * (log_p - log_p.detach())
-    losses = losses + torch.where(on_policy, response_term, 0.0) + torch.where(self_labeled, label_term, 0.0)
+    sampled_label = self_labeled & (self_labels == "sample")
+    losses = losses + torch.where(on_policy, response_term, 0.0) + torch.where(sampled_label, label_term, 0.0)
 
     chosen_rewards = beta * (policy_logps_w - ref_logps_w).detach()  # r_θ(x, y_w)
     rejected_rewards = beta * (policy_logps_l - ref_logps_l).detach()  # r_θ(x, y_l)
     return losses, chosen_rewards, rejected_rewards
-
-
-def reverse_kl_per_token(policy_logps, ref_logps, response_mask) -> torch.Tensor:
-    """SAIL-RevKL's penalty (ALGORITHM.md §6): the mean over the batch's response tokens of log pi_ref − log pi_θ.
-
-    policy_logps, ref_logps: sequence sums from sequence_logps, Shape (N,); response_mask: (N, T). Summing the
-    sequence sums and dividing by the token count is the token mean; sequence_logps already did the one-token shift
-    (the follow-up's code compares logits and labels at the same position).
-    """
-    return (ref_logps - policy_logps).sum() / response_mask.sum()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -903,7 +1028,7 @@ def reverse_kl_per_token(policy_logps, ref_logps, response_mask) -> torch.Tensor
 
 @torch.no_grad()
 def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=torch.float32,
-             batch_size: int = 64) -> dict:
+             batch_size: int = 64, when: str = "evaluation") -> dict:
     """Sample one response per prompt of `rows` from the policy and from the reference (same seeds), compare them.
 
     objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ(y|x) − log pi_ref(y|x)].
@@ -921,9 +1046,9 @@ def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=t
             if oracle is not None:
                 ys_ref = sample(ref, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args)
                 raw_prompts = [r["raw_prompt"] for r in chunk]
-                g_pol = oracle(raw_prompts, tok.batch_decode(ys, skip_special_tokens=True))
-                g_ref = oracle(raw_prompts, tok.batch_decode(ys_ref, skip_special_tokens=True))
-                gold += g_pol
+                g_pol, g_ref = np.split(np.array(ask_oracle(oracle, raw_prompts * 2, tok.batch_decode(
+                    ys + ys_ref, skip_special_tokens=True), when)), 2)
+                gold += g_pol.tolist()
                 wins += [float(a > b) + 0.5 * float(a == b) for a, b in zip(g_pol, g_ref)]  # ties count half
     metrics = {"objective/kl": float(np.mean(kl))}
     if oracle is not None:
@@ -983,10 +1108,12 @@ def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
     return state["step"]
 
 
-def rollout_seed(seed: int, rollout: int, rank: int = 0) -> int:
-    """One seed per (run seed, rollout index, rank): routing, sampling and labels of a rollout can be replayed,
-    and each data-parallel rank draws its own."""
-    return seed * 1_000_003 + rollout + rank * 2**40
+def rollout_seed(seed: int, rollout: int, rank: int, stream: str) -> int:
+    """One seed per (run seed, rollout index, rank, stream), hashed by numpy's SeedSequence: a rollout can be replayed,
+    each data-parallel rank draws its own, and routing, sampling, oracle labels and self-labels never share uniforms
+    (ALGORITHM.md §6c)."""
+    state = np.random.SeedSequence([seed, rollout, rank, STREAMS.index(stream)]).generate_state(1, np.uint64)
+    return int(state[0]) >> 1  # 63 bits: any torch seed
 
 
 @functools.lru_cache(maxsize=2)
@@ -1040,62 +1167,71 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         t0, stats = time.perf_counter(), []
         for micro in range(args.grad_accum):
             rollout = step * args.grad_accum + micro
-            g = torch.Generator().manual_seed(rollout_seed(args.seed, rollout, rank))
+            seed = functools.partial(rollout_seed, args.seed, rollout, rank)  # seed("route"), seed("sample"), ...
             batch = [rows[i] for i in batch_indices(len(rows), B, args.seed, rollout, rank, world)]
             prompts, raw_prompts = [r["prompt"] for r in batch], [r["raw_prompt"] for r in batch]
-            source = torch.multinomial(probs, B, replacement=True, generator=g)  # (B,) OFFLINE/DP/PP/PR
-            on_policy, self_labeled = (source == PP) | (source == PR), (source == DP) | (source == PP)
+            routing = torch.Generator().manual_seed(seed("route"))
+            source = torch.multinomial(probs, B, replacement=True, generator=routing)  # (B,) OFFLINE/DP/PP/PR
+            on_policy, self_labeled = (source == PP) | (source == PR), (source == DP) | (source == PP)  # (B,) each
             prompt_ids, prompt_mask = encode_prompts(tok, prompts, args.max_prompt_length, device)  # (B, P)
 
-            # 1. sample: two responses per on-policy prompt, in one batched call (KV cache on), cut at the first EOS
+            # 1. responses: two samples of pi_θ per PP and PR prompt, in one batched call (KV cache on), cut at the
+            # first EOS; the dataset's (chosen, rejected) as (y1, y2) for offline and DP examples
             y1, y2 = [None] * B, [None] * B
             online = on_policy.nonzero().flatten().tolist()
             if online:
                 with autocast(device, amp_dtype):
-                    ys = sample(policy, tok, prompt_ids[online], prompt_mask[online], n=2,
-                                seed=rollout_seed(args.seed, rollout, rank), args=args)
+                    ys = sample(policy, tok, prompt_ids[online], prompt_mask[online], n=2, seed=seed("sample"),
+                                args=args)
                 for j, i in enumerate(online):
                     y1[i], y2[i] = ys[j], ys[len(online) + j]
-            offline = [i for i in range(B) if i not in online]  # dataset pairs: y1 = chosen, y2 = rejected
+            offline = [i for i in range(B) if i not in online]
             if offline:
-                chosen = encode_responses(tok, [batch[i]["chosen"] for i in offline])
-                rejected = encode_responses(tok, [batch[i]["rejected"] for i in offline])
+                chosen = encode_responses(tok, [batch[i]["chosen"] for i in offline], args.max_new_tokens)
+                rejected = encode_responses(tok, [batch[i]["rejected"] for i in offline], args.max_new_tokens)
                 for i, c, r in zip(offline, chosen, rejected):
                     y1[i], y2[i] = c, r
 
-            # 2. log-probs of y1 and y2 in one concatenated forward; the reference once per rollout, without grad
-            seqs = join(prompt_ids, prompt_mask, y1 + y2, tok.pad_token_id)  # each (2B, T)
+            # 2. log-probs of the 2B responses (rows [all y1; all y2]): the reference once per rollout, without
+            # gradient, then the policy; with the penalty, the exact KL_t at every response position (§6)
+            input_ids, attention_mask, response_mask = join(prompt_ids, prompt_mask, y1 + y2, tok.pad_token_id)
+            labels = input_ids[:, -response_mask.shape[1]:]  # (2B, R) the response tokens
             if world > 1:  # DDP all-reduces the gradients in the backward of the last micro-step only (set before
                 model.require_backward_grad_sync = micro == args.grad_accum - 1  # the forward, as nanoGPT does)
             with autocast(device, amp_dtype):
-                policy_logps = sequence_logps(model, *seqs)  # (2B,) rows [y1; y2]
-                with torch.no_grad():
-                    ref_logps = sequence_logps(ref, *seqs)  # (2B,)
+                ref_logprobs = reference_logprobs(ref, input_ids, attention_mask, response_mask)  # (2B, R, V)
+                ref_logps = (ref_logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1) * response_mask).sum(1)  # (2B,)
+                ref_logprobs = ref_logprobs if args.revkl_coef else None  # only the penalty needs all of pi_ref
+                logits = response_logits(model, input_ids, attention_mask, response_mask)  # (2B, R, V)
+                token_logps, kl = token_logps_and_kl(logits, labels, ref_logprobs)  # (2B, R) each
+            policy_logps = (token_logps * response_mask).sum(1)  # (2B,)
 
-            # 3. label: z = True when y1 wins. Dataset pairs keep their label; the policy labels DP and PP pairs
-            # with its implicit reward (a Bradley-Terry draw, from this same forward, detached); the oracle PR pairs.
-            z = implicit_reward_label(policy_logps, ref_logps, args.beta, g)  # (B,)
-            z = torch.where(self_labeled, z, torch.ones_like(z))
-            ties = 0
-            oracle_rows = (source == PR).nonzero().flatten().tolist()
+            # 3. labels, z = True when y1 wins: offline examples keep the dataset's (y1 = chosen); DP and PP examples
+            # get a Bradley-Terry draw from the policy's implicit reward (detached, from this same forward); PR
+            # examples one from the oracle's scores
+            self_z = implicit_reward_label(policy_logps, ref_logps, args.beta,
+                                           torch.Generator().manual_seed(seed("self")))  # (B,)
+            z = torch.where(self_labeled, self_z, torch.ones_like(self_z))
+            ties, oracle_rows = 0, (source == PR).nonzero().flatten().tolist()
             if oracle_rows:
-                texts1 = tok.batch_decode([y1[i] for i in oracle_rows], skip_special_tokens=True)
-                texts2 = tok.batch_decode([y2[i] for i in oracle_rows], skip_special_tokens=True)
-                z[oracle_rows], ties = oracle_label(oracle, [raw_prompts[i] for i in oracle_rows], texts1, texts2,
-                                                    args.oracle_label, g)
+                texts = tok.batch_decode([y1[i] for i in oracle_rows] + [y2[i] for i in oracle_rows],
+                                         skip_special_tokens=True)
+                scores = ask_oracle(oracle, [raw_prompts[i] for i in oracle_rows] * 2, texts, f"step {step + 1}")
+                z[oracle_rows], ties = oracle_label(scores[:len(oracle_rows)], scores[len(oracle_rows):],
+                                                    args.oracle_label, torch.Generator().manual_seed(seed("oracle")))
 
-            # 4. loss and backward: order each pair as (y_w, y_l) and add the bilevel terms where they apply
+            # 4. loss and backward: order each pair as (y_w, y_l), add the bilevel terms where they apply, the penalty
             z = z.to(device)
-            lp1, lp2, lr1, lr2 = policy_logps[:B], policy_logps[B:], ref_logps[:B], ref_logps[B:]  # (B,) each
+
+            def ordered(t):  # (2B,) rows [y1; y2] -> (t of y_w, t of y_l), (B,) each
+                return torch.where(z, t[:B], t[B:]), torch.where(z, t[B:], t[:B])
             losses, chosen_rewards, rejected_rewards = sail_loss(
-                torch.where(z, lp1, lp2), torch.where(z, lp2, lp1), torch.where(z, lr1, lr2), torch.where(z, lr2, lr1),
-                beta=args.beta, loss_type=args.loss, response_coef=resp_coefs[source.to(device)],
-                label_coef=label_coefs[source.to(device)], on_policy=on_policy.to(device),
-                self_labeled=self_labeled.to(device), baseline=args.baseline)
-            loss = losses.mean()
-            if args.revkl_coef:  # SAIL-RevKL (ALGORITHM.md §6)
-                revkl = reverse_kl_per_token(policy_logps, ref_logps, seqs[2])
-                loss = loss + args.revkl_coef * revkl
+                *ordered(policy_logps), *ordered(ref_logps), beta=args.beta, loss_type=args.loss,
+                response_coef=resp_coefs[source.to(device)], label_coef=label_coefs[source.to(device)],
+                on_policy=on_policy.to(device), self_labeled=self_labeled.to(device), self_labels=args.self_labels,
+                lengths=ordered(response_mask.sum(1)), baseline=args.baseline)
+            revkl = (kl * response_mask).sum() / response_mask.sum()  # mean KL_t over the batch's response tokens
+            loss = losses.mean() + args.revkl_coef * revkl
             scaler.scale(loss / args.grad_accum).backward()
             sample_kl = (policy_logps - ref_logps).detach().view(2, B)[:, on_policy.to(device)]  # (2, n_online)
             stats.append({
@@ -1135,7 +1271,8 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         metrics["timing/samples_per_s"] = B * args.grad_accum * world / (time.perf_counter() - t0)
         if rank == 0 and ((args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps):
             policy.eval()
-            evaluation = evaluate(policy, ref, tok, eval_rows, oracle, args, amp_dtype)
+            evaluation = evaluate(policy, ref, tok, eval_rows, oracle, args, amp_dtype,
+                                  when=f"evaluation at step {step + 1}")
             metrics.update({"eval/" + k: v for k, v in evaluation.items()})
             policy.train()
         history.append(metrics)
@@ -1176,7 +1313,8 @@ def build_embedded_task(args: Args, device):
         prompt_ids, prompt_mask = encode_prompts(tok, chunk, args.max_prompt_length, device)
         ys = sample(policy, tok, prompt_ids, prompt_mask, n=2, seed=10_000 + i, args=gen_args)
         texts = tok.batch_decode(ys, skip_special_tokens=True)
-        first_wins, _ = oracle_label(gold_reward, chunk, texts[:len(chunk)], texts[len(chunk):], "sample", g)
+        first_wins, _ = oracle_label(gold_reward(chunk, texts[:len(chunk)]), gold_reward(chunk, texts[len(chunk):]),
+                                     "sample", g)
         for j, prompt in enumerate(chunk):
             a, b = texts[j], texts[len(chunk) + j]
             rows.append({"prompt": prompt, "raw_prompt": prompt, "chosen": a if first_wins[j] else b,
@@ -1356,7 +1494,7 @@ def main(argv=None) -> dict:
 
     # align
     t0 = time.perf_counter()
-    before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype)
+    before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype, when="evaluation of the reference")
     with open(metrics_path, "a") as f:
         def log(metrics):
             f.write(json.dumps(metrics) + "\n")

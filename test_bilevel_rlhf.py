@@ -34,18 +34,25 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 # 1. The loss
 
 f64 = torch.float64
-LOSS_TYPES = ("dpo", "ipo", "slic")
+LOSS_TYPES = ("dpo", "ipo", "ipo-token", "slic")
 ON_POLICY_SOURCES = (br.PP, br.PR)  # the pair was sampled from pi_θ: q depends on θ
 SELF_LABELED_SOURCES = (br.DP, br.PP)  # the label was drawn from P_θ: P depends on θ
 
 
 def pairwise_loss(delta, beta, loss_type):
-    """ℓ(Δ) written independently of sail_loss (ALGORITHM.md §2)."""
+    """ℓ(Δ) written independently of sail_loss (ALGORITHM.md §2); for ipo-token, Δ is the per-token margin."""
     if loss_type == "dpo":
         return torch.log1p(torch.exp(-beta * delta))  # −log σ(βΔ)
-    if loss_type == "ipo":
+    if loss_type in ("ipo", "ipo-token"):
         return (delta - 1 / (2 * beta)) ** 2
     return torch.clamp(1 - beta * delta, min=0)  # slic
+
+
+def loss_margin(pw, pl, rw, rl, loss_type, lengths):
+    """The Δ that ℓ sees: summed log-ratios, or per-token ones for ipo-token."""
+    if loss_type == "ipo-token":
+        return (pw - rw) / lengths[0] - (pl - rl) / lengths[1]
+    return (pw - rw) - (pl - rl)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -62,6 +69,7 @@ def tabular_task(seed=0):
         ref_logp=torch.log_softmax(torch.randn(X, Y, generator=g, dtype=f64), -1),  # fixed pi_ref
         score=2 * torch.randn(X, Y, generator=g, dtype=f64),  # oracle: P(y1 ≻ y2) = σ(s1 − s2)
         D=D / D.sum((1, 2), keepdim=True),
+        length=torch.arange(1, Y + 1, dtype=f64),  # token count of each response (only ipo-token uses it)
     )
 
 
@@ -92,19 +100,26 @@ def logps(theta, task, o):
     return logp[o.x, o.yw], logp[o.x, o.yl], task.ref_logp[o.x, o.yw], task.ref_logp[o.x, o.yl]
 
 
+def lengths(task, o):
+    return task.length[o.yw], task.length[o.yl]
+
+
 def exact_grad_J(task, o, route, loss_type):
     """∇J(θ) by autograd through the exact sum J(θ) = Σ_outcomes prob(θ) · (−ℓ(Δ_θ))."""
     theta = task.theta.clone().requires_grad_()
-    pw, pl, rw, rl = logps(theta, task, o)
-    J = (outcome_probs(theta, task, o, route) * -pairwise_loss((pw - rw) - (pl - rl), BETA, loss_type)).sum()
+    delta = loss_margin(*logps(theta, task, o), loss_type, lengths(task, o))
+    J = (outcome_probs(theta, task, o, route) * -pairwise_loss(delta, BETA, loss_type)).sum()
     return torch.autograd.grad(J, theta)[0]
 
 
-def expected_surrogate_grad(task, o, route, loss_type, coef):
-    """Σ_outcomes prob (a constant) · ∇ sail_loss(outcome): the expectation of the estimator. Batch = all outcomes."""
+def expected_surrogate_grad(task, o, route, loss_type, coef, self_labels="sample"):
+    """Σ_outcomes prob (a constant) · ∇ sail_loss(outcome): the expectation of the estimator. Batch = all outcomes.
+    Under self_labels="expect" a self-labelled outcome's loss does not depend on its z, so summing its two z outcomes
+    with their probabilities weighs it by 1, as the estimator that never draws z does."""
     theta = task.theta.clone().requires_grad_()
     losses, _, _ = br.sail_loss(*logps(theta, task, o), beta=BETA, loss_type=loss_type, response_coef=coef,
-                                label_coef=coef, on_policy=o.on_policy, self_labeled=o.self_labeled, baseline="none")
+                                label_coef=coef, on_policy=o.on_policy, self_labeled=o.self_labeled,
+                                self_labels=self_labels, lengths=lengths(task, o), baseline="none")
     weights = outcome_probs(theta, task, o, route).detach()
     return torch.autograd.grad((weights * losses).sum(), theta)[0]
 
@@ -120,14 +135,17 @@ def route_of(design):
 def test_loss_values_match_formulas():
     g = torch.Generator().manual_seed(1)
     pw, pl, rw, rl = (-5 * torch.rand(6, generator=g, dtype=f64) for _ in range(4))  # B = 6 sequence log-probs
+    lw, ll = torch.randint(1, 9, (2, 6), generator=g).to(f64)  # token counts
     delta = (pw - rw) - (pl - rl)
     every = torch.ones(6, dtype=torch.bool)
     for beta in (0.1, 1.0):
+        token_delta = (pw - rw) / lw - (pl - rl) / ll
         expected = {"dpo": torch.log(1 + torch.exp(-beta * delta)), "ipo": (delta - 1 / (2 * beta)) ** 2,
+                    "ipo-token": (token_delta - 1 / (2 * beta)) ** 2,
                     "slic": torch.maximum(1 - beta * delta, torch.zeros_like(delta))}
         for loss_type in LOSS_TYPES:
             plain = [t.clone().requires_grad_() for t in (pw, pl, rw, rl)]
-            losses, chosen, rejected = br.sail_loss(*plain, beta=beta, loss_type=loss_type)
+            losses, chosen, rejected = br.sail_loss(*plain, beta=beta, loss_type=loss_type, lengths=(lw, ll))
             torch.testing.assert_close(losses, expected[loss_type], rtol=0, atol=1e-12)
             torch.testing.assert_close(chosen, beta * (pw - rw), rtol=0, atol=1e-12)
             torch.testing.assert_close(rejected, beta * (pl - rl), rtol=0, atol=1e-12)
@@ -135,17 +153,28 @@ def test_loss_values_match_formulas():
             # the bilevel terms are zero-valued surrogates: same values, different gradients
             bilevel = [t.clone().requires_grad_() for t in (pw, pl, rw, rl)]
             losses_b, _, _ = br.sail_loss(*bilevel, beta=beta, loss_type=loss_type, response_coef=1.0, label_coef=1.0,
-                                          on_policy=every, self_labeled=every)
+                                          on_policy=every, self_labeled=every, lengths=(lw, ll))
             torch.testing.assert_close(losses_b, expected[loss_type], rtol=0, atol=1e-12)
             grad_plain = torch.autograd.grad(losses.sum(), plain[:2])
             grad_bilevel = torch.autograd.grad(losses_b.sum(), bilevel[:2])
             assert max((a - b).abs().max() for a, b in zip(grad_plain, grad_bilevel)) > 1e-3
 
+            # self-labels in expectation (§6b): p·ℓ(Δ) + (1 − p)·ℓ(−Δ), p = σ(βΔ), in either order of the pair
+            p = torch.sigmoid(beta * delta)
+            swapped = {"ipo-token": -token_delta}.get(loss_type, -delta)
+            mean_loss = p * expected[loss_type] + (1 - p) * pairwise_loss(swapped, beta, loss_type)
+            for order in ((pw, pl, rw, rl, lw, ll), (pl, pw, rl, rw, ll, lw)):
+                expect, _, _ = br.sail_loss(*order[:4], beta=beta, loss_type=loss_type, label_coef=1.0,
+                                            self_labeled=every, self_labels="expect", lengths=order[4:])
+                torch.testing.assert_close(expect, mean_loss, rtol=0, atol=1e-12)
 
+
+@pytest.mark.parametrize("self_labels", ("sample", "expect"))
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("design", br.DESIGNS)  # "dpo" is the offline design
-def test_exact_enumeration(design, loss_type):
-    """c_resp = c_label = 1 and b = 0: the expected surrogate gradient is exactly −∇J (ALGORITHM.md §7)."""
+def test_exact_enumeration(design, loss_type, self_labels):
+    """c_resp = c_label = 1 and b = 0: the expected surrogate gradient is exactly −∇J (ALGORITHM.md §7), with
+    self-labels drawn or in expectation."""
     task, route = tabular_task(), route_of(design)
     o = enumerate_outcomes(route)
     assert sum(route) == pytest.approx(1.0)
@@ -156,12 +185,12 @@ def test_exact_enumeration(design, loss_type):
         assert (margin > 1).any() and (margin < 1).any()
 
     minus_grad_J = -exact_grad_J(task, o, route, loss_type)
-    torch.testing.assert_close(expected_surrogate_grad(task, o, route, loss_type, 1.0), minus_grad_J,
+    torch.testing.assert_close(expected_surrogate_grad(task, o, route, loss_type, 1.0, self_labels), minus_grad_J,
                                rtol=0, atol=1e-10)
 
     # with the bilevel terms off (online DPO, c = 0) the estimator misses ∇ of q_θ and P_θ: biased, unless nothing
     # depends on θ (offline)
-    plain = expected_surrogate_grad(task, o, route, loss_type, 0.0)
+    plain = expected_surrogate_grad(task, o, route, loss_type, 0.0, self_labels)
     if design == "dpo":
         torch.testing.assert_close(plain, minus_grad_J, rtol=0, atol=1e-10)
     else:
@@ -180,11 +209,13 @@ def test_loo_baseline_keeps_expected_gradient(design, loss_type):
     batch = torch.stack([i, j], 1)  # (N², 2): one batch of two examples per row
 
     def pair_losses(theta, baseline, rows=batch):  # sail_loss on each row's batch of two, vmapped. Shape: (rows, 2)
-        def one_batch(pw, pl, rw, rl, on_policy, self_labeled):
+        def one_batch(pw, pl, rw, rl, on_policy, self_labeled, lw, ll):
             return br.sail_loss(pw, pl, rw, rl, beta=BETA, loss_type=loss_type, response_coef=1.0, label_coef=1.0,
-                                on_policy=on_policy, self_labeled=self_labeled, baseline=baseline)[0]
+                                on_policy=on_policy, self_labeled=self_labeled, lengths=(lw, ll),
+                                baseline=baseline)[0]
         oij = SimpleNamespace(**{k: v[rows] for k, v in vars(o).items()})
-        return torch.func.vmap(one_batch)(*logps(theta, task, oij), oij.on_policy, oij.self_labeled)
+        return torch.func.vmap(one_batch)(*logps(theta, task, oij), oij.on_policy, oij.self_labeled,
+                                          *lengths(task, oij))
 
     def expected_grad(baseline):
         theta = task.theta.clone().requires_grad_()
@@ -238,31 +269,90 @@ def test_left_padded_batch_logps_equal_each_sequence_alone(pad_is_eos):
             torch.testing.assert_close(batched[i], alone, rtol=0, atol=1e-5)
         # the trap this guards against (TRL #6800): without position_ids GPT-2 shifts the padded rows
         input_ids, attention_mask, response_mask = br.join(prompt_ids, prompt_mask, responses, tok.pad_token_id)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-        no_positions = (torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None])[..., 0]
-                        * response_mask[:, 1:]).sum(1)
+        R = response_mask.shape[1]
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -R - 1:-1]
+        no_positions = (torch.log_softmax(logits, -1).gather(-1, input_ids[:, -R:, None])[..., 0]
+                        * response_mask).sum(1)
         assert (no_positions - batched).abs().max() > 1e-3
 
 
-def test_reverse_kl_per_token_against_a_token_loop():
+def kl_penalty(model, ref, seqs):
+    """The training loop's penalty on a joined batch: the mean over response tokens of KL_t(pi_ref ‖ pi_θ)."""
+    input_ids, attention_mask, response_mask = seqs
+    labels = input_ids[:, -response_mask.shape[1]:]
+    ref_logprobs = br.reference_logprobs(ref, *seqs)
+    _, kl = br.token_logps_and_kl(br.response_logits(model, *seqs), labels, ref_logprobs)
+    return (kl * response_mask).sum() / response_mask.sum()
+
+
+def two_models():
     model, tok = tiny_model()
     torch.manual_seed(5)
-    ref = br.build_tiny_gpt2(tok).eval()  # another random model as pi_ref
+    return model, br.build_tiny_gpt2(tok).eval(), tok  # another random model as pi_ref
+
+
+# Tolerance of the comparisons below: the batched, left-padded forward and a one-sequence forward reduce their dot
+# products (length n_embd = 64) in different orders, so logits differ by a few float32 ulps (eps = 1.2e-7) of their
+# O(1) magnitude; a KL of O(1) summed over V = 48 probabilities inherits ~V·few·eps ≈ 1e-5 at most.
+KL_ATOL = 1e-5
+
+
+def test_kl_penalty_on_one_token_responses_is_the_categorical_kl_whatever_the_token():
+    model, ref, tok = two_models()
+    prompts = ["the plot", "i loved the film . it was", "it"]
+    prompt_ids, prompt_mask = br.encode_prompts(tok, prompts, 64, "cpu")
+    expected = torch.stack([torch.distributions.kl_divergence(
+        torch.distributions.Categorical(logits=ref(torch.tensor([encode(tok, p, False)])).logits[0, -1].detach()),
+        torch.distributions.Categorical(logits=model(torch.tensor([encode(tok, p, False)])).logits[0, -1]))
+        for p in prompts]).mean()  # (): mean over the three prompts of KL(pi_ref(·|x) ‖ pi_θ(·|x))
+    grad_expected = torch.autograd.grad(expected, list(model.parameters()))
+    penalties = []
+    for token in ("great", ".", "<eos>"):  # a different sampled token each time: the penalty must not care
+        seqs = br.join(prompt_ids, prompt_mask, [[tok.convert_tokens_to_ids(token)]] * 3, tok.pad_token_id)
+        penalty = kl_penalty(model, ref, seqs)
+        torch.testing.assert_close(penalty, expected, rtol=0, atol=KL_ATOL)
+        grads = torch.autograd.grad(penalty, list(model.parameters()))
+        for g, g_expected in zip(grads, grad_expected):
+            torch.testing.assert_close(g, g_expected, rtol=0, atol=KL_ATOL)
+        penalties.append(penalty.detach())
+    assert penalties[0] == penalties[1] == penalties[2] and expected > 0.01
+
+
+def test_kl_penalty_is_zero_with_zero_gradient_when_the_policy_is_the_reference():
+    model, ref, tok = two_models()
+    prompt_ids, prompt_mask = br.encode_prompts(tok, ["the plot", "it"], 64, "cpu")
+    seqs = br.join(prompt_ids, prompt_mask, [encode(tok, "was great .", True), encode(tok, "was", False)],
+                   tok.pad_token_id)
+    same = br.make_reference(ref, torch.float32).requires_grad_(True)  # pi_θ = pi_ref, a trainable copy
+    penalty = kl_penalty(same, ref, seqs)
+    assert penalty == 0
+    grads = torch.autograd.grad(penalty, list(same.parameters()), allow_unused=True)
+    # at π_θ = π_ref the logits' gradient is p·(Σp − 1): float32 rounding of a sum of V = 48 probabilities
+    assert max(g.abs().max() for g in grads if g is not None) < 48 * 1.2e-7
+    apart = torch.autograd.grad(kl_penalty(model, ref, seqs), list(model.parameters()))
+    assert max(g.abs().max() for g in apart) > 1e-3  # the same check between different models is not vacuous
+
+
+def test_kl_penalty_with_multi_token_responses_matches_a_loop_over_positions():
+    model, ref, tok = two_models()
     prompts = ["the plot", "it"]
     responses = [encode(tok, "was great .", True), encode(tok, "was very dull . i", False)]
     prompt_ids, prompt_mask = br.encode_prompts(tok, prompts, 64, "cpu")
-    seqs = br.join(prompt_ids, prompt_mask, responses, tok.pad_token_id)
-    with torch.no_grad():
-        got = br.reverse_kl_per_token(br.sequence_logps(model, *seqs), br.sequence_logps(ref, *seqs), seqs[2])
-        terms = []  # log pi_ref(y_t) − log pi_θ(y_t) for every response token, one at a time
-        for prompt, response in zip(prompts, responses):
-            p = encode(tok, prompt, False)
-            for t in range(len(response)):
-                ids = torch.tensor([p + response[:t + 1]])
-                terms.append(torch.log_softmax(ref(ids).logits[0, -2], -1)[response[t]]
-                             - torch.log_softmax(model(ids).logits[0, -2], -1)[response[t]])
+    got = kl_penalty(model, ref, br.join(prompt_ids, prompt_mask, responses, tok.pad_token_id))
+    terms = []  # Σ_v pi_ref(v) [log pi_ref(v) − log pi_θ(v)] at every response position, one sequence at a time
+    for prompt, response in zip(prompts, responses):
+        ids = torch.tensor([encode(tok, prompt, False) + response])
+        ref_logprobs = torch.log_softmax(ref(ids).logits[0].detach(), -1)  # (T, V)
+        logprobs = torch.log_softmax(model(ids).logits[0], -1)
+        for t in range(ids.shape[1] - len(response) - 1, ids.shape[1] - 1):  # positions predicting the response
+            terms.append(sum(ref_logprobs[t, v].exp() * (ref_logprobs[t, v] - logprobs[t, v])
+                             for v in range(ref_logprobs.shape[1])))
     assert len(terms) == 9
-    torch.testing.assert_close(got, torch.stack(terms).mean(), rtol=0, atol=1e-5)
+    expected = torch.stack(terms).mean()
+    torch.testing.assert_close(got, expected, rtol=0, atol=KL_ATOL)
+    for g, g_expected in zip(torch.autograd.grad(got, list(model.parameters())),
+                             torch.autograd.grad(expected, list(model.parameters()))):
+        torch.testing.assert_close(g, g_expected, rtol=0, atol=KL_ATOL)
 
 
 def test_until_first_eos_masks_by_position():
@@ -302,11 +392,9 @@ def test_labelers():
     p_y1 = br.bradley_terry_label(s1, s2, g).float().mean().item()
     assert p_y1 == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.015)
     # argmax oracle: the higher score wins; ties are a coin flip, counted
-    oracle = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731
-    z, ties = br.oracle_label(oracle, ["p"] * 4, ["aa", "a", "b", "b"], ["a", "aa", "c", "d"], "argmax", g)
+    z, ties = br.oracle_label([2.0, 1.0, 1.0, 1.0], [1.0, 2.0, 1.0, 1.0], "argmax", g)
     assert z[:2].tolist() == [True, False] and ties == 2
-    tie_wins = [br.oracle_label(oracle, ["p"] * 200, ["a"] * 200, ["b"] * 200, "argmax", g)[0].float().mean().item()
-                for _ in range(5)]
+    tie_wins = [br.oracle_label([1.0] * 200, [1.0] * 200, "argmax", g)[0].float().mean().item() for _ in range(5)]
     assert 0.4 < sum(tie_wins) / 5 < 0.6  # not "the first sample wins"
     # implicit reward labeler: P(y1 wins) = σ(β[(π1 − r1) − (π2 − r2)])
     policy, ref = torch.tensor([0.0] * 5000 + [-10.0] * 5000), torch.zeros(10000)  # rows [y1; y2], B = 5000
@@ -330,10 +418,9 @@ def eval_rows(*prompts):
 def run_loop(seed, design="mix", steps=3, **overrides):
     model, tok = tiny_model(seed=123)
     ref = br.make_reference(model, torch.float32)
-    overrides = {"warmup_steps": 1, **overrides}
+    overrides = {"warmup_steps": 1, "dp_fraction": 0.3, "pp_fraction": 0.3, "pr_fraction": 0.3, **overrides}
     args = br.validate(br.Args(design=design, seed=seed, steps=steps, batch_size=8, grad_accum=2, eval_every=2,
-                               eval_prompts=4, max_new_tokens=8, dp_fraction=0.3, pp_fraction=0.3,
-                               pr_fraction=0.3, output_dir="unused", **overrides))
+                               eval_prompts=4, max_new_tokens=8, output_dir="unused", **overrides))
     history = br.train(args, model, ref, tok, toy_rows(), br.gold_reward, eval_rows("the plot", "it", "i", "the cast"))
     return history, model
 
@@ -370,6 +457,34 @@ def test_revkl_changes_the_update():
     history, regularized = run_loop(seed=0, design="sail-pr", steps=2, warmup_steps=0, revkl_coef=0.5)
     assert "objective/revkl" in history[-1]
     assert not all(torch.equal(p, q) for p, q in zip(plain.parameters(), regularized.parameters()))
+
+
+def test_fully_online_sail_pr_logs_a_nonnegative_kl_penalty():
+    history, _ = run_loop(seed=0, design="sail-pr", steps=4, warmup_steps=0, pr_fraction=1.0, revkl_coef=0.3)
+    revkl = [m["objective/revkl"] for m in history]
+    assert all(k >= 0 for k in revkl) and revkl[-1] > 0, revkl  # the old sampled-token estimator went below 0
+
+
+def test_random_streams_of_a_rollout_never_share_a_seed():
+    seeds = [br.rollout_seed(seed, rollout, rank, stream) for seed in (0, 1) for rollout in range(40)
+             for rank in (0, 1, 2) for stream in br.STREAMS]
+    assert len(set(seeds)) == len(seeds)
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert br.rollout_seed(3, 7, 1, "oracle") == br.rollout_seed(3, 7, 1, "oracle")  # replayable
+
+
+def test_self_labels_in_expectation_train_and_differ_from_sampled_ones():
+    history_s, model_s = run_loop(seed=0, design="sail-pp", steps=3, warmup_steps=0, self_labels="sample")
+    history_e, model_e = run_loop(seed=0, design="sail-pp", steps=3, warmup_steps=0, self_labels="expect")
+    assert history_e[0]["route/pp"] > 0 and all(torch.isfinite(p).all() for p in model_e.parameters())
+    assert not all(torch.equal(p, q) for p, q in zip(model_s.parameters(), model_e.parameters()))
+
+
+def test_dataset_responses_are_cut_to_the_response_budget():
+    _, tok = tiny_model()
+    short, long = br.encode_responses(tok, ["was great .", "was great . " * 30], max_tokens=8)
+    assert short == encode(tok, "was great .", True)  # ends with EOS, like a finished sample
+    assert long == encode(tok, "was great . " * 3, False)[:8] and tok.eos_token_id not in long  # cut: no EOS
 
 
 def test_revkl_defaults_by_design():
@@ -774,10 +889,13 @@ def test_prepare_rows_counts(plain_tok):
         pair("the film is very long and quiet"),        # kept, 7 tokens: long
         {"prompt": "i loved", "raw_prompt": "i loved", "chosen": None, "rejected": None},  # kept, prompt only
         {"prompt": "i loved", "raw_prompt": "i loved", "chosen": None, "rejected": None},  # duplicate
+        pair("it is", rejected="was very very long"),   # kept, a 4-token response: 5 tokens with its EOS
+        pair("it is", chosen="was long"),               # kept, 2 + 1 tokens: fits
     ]
-    kept, counts = br.prepare_rows(rows, plain_tok, max_prompt_length=3)
-    assert counts == {"rows": 9, "empty": 2, "identical": 1, "duplicates": 2, "long_prompts": 1}
-    assert kept == [rows[0], rows[5], rows[6], rows[7]]
+    kept, counts = br.prepare_rows(rows, plain_tok, max_prompt_length=3, max_new_tokens=4)
+    assert counts == {"rows": 11, "empty": 2, "identical": 1, "duplicates": 2, "long_prompts": 1,
+                      "long_responses": 1}
+    assert kept == [rows[0], rows[5], rows[6], rows[7], rows[9], rows[10]]
 
 
 def test_split_eval_sizes_and_determinism():
@@ -956,6 +1074,50 @@ def test_reward_fn_and_prompt_only_rows(tiny_files, tmp_path, capsys):
     code, out, err = run_in_process(flags, capsys)
     assert code == 0, err
     assert "eval/gold/reward" in json.loads(open(tmp_path / "out" / "metrics.jsonl").readlines()[-1])
+
+
+ORACLES = {  # a misbehaving --reward-fn, and what the one-line error must say
+    "one score too few": ("return [0.0] * (len(responses) - 1)", "returned 7 scores for 8 responses"),
+    "NaN": ("return [float('nan')] * len(responses)", "returned nan"),
+    "strings": ("return ['good'] * len(responses)", "returned 'good' (str)"),
+    "raises": ("raise KeyError('no score for this prompt')", "raised KeyError: 'no score for this prompt'"),
+}
+
+
+@pytest.mark.parametrize("fault", ORACLES)
+def test_a_misbehaving_oracle_stops_with_one_line(fault, tiny_files, tmp_path, capsys):
+    body, message = ORACLES[fault]
+    (tmp_path / "reward.py").write_text(  # good answers for the reference's evaluation and step 1, then the fault
+        f"calls = []\ndef score(prompts, responses):\n    calls.append(1)\n    if len(calls) < 3:\n"
+        f"        return [0.0] * len(responses)\n    {body}\n")
+    flags = tiny_flags(tiny_files, tmp_path / "out", "--design", "online-dpo", "--pr-fraction", 1, "--save-every", 1)
+    at = flags.index("--reward-model")
+    flags[at:at + 2] = ["--reward-fn", f"{tmp_path / 'reward.py'}:score"]
+    code, _, err = run_in_process(flags, capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert message in errors[0] and "step 2" in errors[0] and "last checkpoint is intact" in errors[0], errors
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-0000001"]
+
+
+def test_a_data_file_that_is_not_utf8_names_the_line(tiny_files, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(json.dumps(GOOD).encode() + b"\n" + '{"prompt": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    flags = tiny_flags(tiny_files, tmp_path / "out", "--design", "dpo")
+    flags[flags.index("--dataset") + 1] = str(data)
+    code, _, err = run_in_process(flags, capsys)
+    assert code == 2 and f"{data}: not UTF-8 text (line 2)" in err and "Traceback" not in err
+
+
+def test_dataset_responses_longer_than_the_context_are_cut_and_counted(tiny_files, tmp_path, capsys):
+    long = " ".join(["it was great ."] * 80)  # 320 tokens, against 64 positions and --max-new-tokens 16
+    data = write_jsonl(tmp_path / "long.jsonl", [{"prompt": f"the {n}", "chosen": long, "rejected": "was dull ."}
+                                                 for n in br.NOUNS])
+    flags = tiny_flags(tiny_files, tmp_path / "out", "--design", "dpo", "--max-new-tokens", 16)
+    flags[flags.index("--dataset") + 1] = str(data)
+    code, out, err = run_in_process(flags, capsys)
+    assert code == 0, err
+    assert "8 pairs have a response longer than 16 tokens" in out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")

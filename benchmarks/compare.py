@@ -12,7 +12,9 @@ Writes benchmarks/results/compare[_quick].{json,md,png} (the plot only when matp
 """
 
 import argparse
+import dataclasses
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -24,8 +26,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bilevel_rlhf as br  # noqa: E402
 
-# name -> Args overrides. The paper's values: γ = 0.3 (PR), π = 0.2 (PP), ρ = 0.2 (DP); fractions g = 0.3, p = 0.3,
-# r = 0.4; β = 0.1.
+# name -> Args overrides. The paper's values: γ = 0.3 (PR), c_PP = 0.2 (PP), ρ = 0.2 (DP); fractions g = 0.3, p = 0.3,
+# r = 0.4; β = 0.1. A name whose settings resolve to the same Args as an earlier one (a default spelled out) is run
+# once and reported under both names.
 METHODS = {
     "dpo": {"design": "dpo"},
     "ipo": {"design": "dpo", "loss": "ipo"},
@@ -36,21 +39,22 @@ METHODS = {
     "sail-dp": {"design": "sail-dp"},
     "mix": {"design": "mix"},
 }
+LAMBDAS = (0.0, 0.01, 0.1, 1.0)  # the RevKL sweep
 ABLATIONS = {
+    "ipo-token": {"design": "dpo", "loss": "ipo-token"},
     "sail-pr γ=0": {"design": "sail-pr", "pr_coef": 0.0},  # online-dpo with sail-pr's default RevKL
     "sail-pr γ=1": {"design": "sail-pr", "pr_coef": 1.0},
-    "sail-pp π=0": {"design": "sail-pp", "pp_coef": 0.0},
-    "sail-pp π=1": {"design": "sail-pp", "pp_coef": 1.0},
+    "sail-pp c=0": {"design": "sail-pp", "pp_coef": 0.0},
+    "sail-pp c=1": {"design": "sail-pp", "pp_coef": 1.0},
     "sail-dp ρ=0": {"design": "sail-dp", "dp_coef": 0.0},
     "sail-dp ρ=1": {"design": "sail-dp", "dp_coef": 1.0},
     "sail-pr T=0.9": {"design": "sail-pr", "temperature": 0.9},
     "online-dpo T=0.9": {"design": "online-dpo", "temperature": 0.9},
-    # the SAIL designs run with RevKL by default (λ = 0.1 for sail-pr, 0.3 for the self-labelling ones); without it,
-    # and at the follow-up's reported setting:
-    "sail-pr λ=0": {"design": "sail-pr", "revkl_coef": 0.0},
-    "sail-pr λ=1e-3": {"design": "sail-pr", "revkl_coef": 1e-3},
-    "sail-pp λ=0": {"design": "sail-pp", "revkl_coef": 0.0},
-    "mix λ=0": {"design": "mix", "revkl_coef": 0.0},
+    **{f"{d} {mode} labels": {"design": d, "self_labels": mode} for d in ("sail-pp", "sail-dp", "mix")
+       for mode in ("sample", "expect")},
+    **{f"{d} λ={lam:g}": {"design": d, "revkl_coef": lam} for d in ("sail-pr", "sail-pp", "mix") for lam in LAMBDAS},
+    "mix r,p,g=0.4,0.3,0.3": {"design": "mix", "dp_fraction": 0.4, "pp_fraction": 0.3, "pr_fraction": 0.3},
+    "mix r,p,g=0.24,0.18,0.18": {"design": "mix", "dp_fraction": 0.24, "pp_fraction": 0.18, "pr_fraction": 0.18},
 }
 
 
@@ -64,9 +68,19 @@ def sample_statistics(policy, tok, eval_rows, args) -> dict:
             "samples/ended": float(np.mean([len(y) > 0 and y[-1] == tok.eos_token_id for y in ys]))}
 
 
-def run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_every, lr=None) -> dict:
-    args = br.validate(br.Args(seed=seed, steps=steps, eval_every=eval_every, eval_prompts=len(eval_rows),
-                               output_dir="unused", lr=lr, **overrides))
+def resolve(overrides, seed, steps, eval_every, n_eval, lr=None) -> br.Args:
+    return br.validate(br.Args(seed=seed, steps=steps, eval_every=eval_every, eval_prompts=n_eval, output_dir="unused",
+                               lr=lr, **overrides))
+
+
+TASK = {}  # the reference, tokenizer, rows and eval rows: built once, before the worker processes fork
+
+
+def run(job) -> dict:
+    name, args = job
+    reference, tok, rows, eval_rows = TASK["reference"], TASK["tok"], TASK["rows"], TASK["eval_rows"]
+    torch.set_num_threads(TASK["threads"])
+    seed = args.seed
     policy = br.build_tiny_gpt2(tok)
     policy.load_state_dict(reference.state_dict())
     ref = br.make_reference(policy, torch.float32)
@@ -80,7 +94,7 @@ def run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_ever
     return {"method": name, "seed": seed, "wall_s": wall, "curve": curve, "gold/reward": final["gold/reward"],
             "gold/win_rate": final["gold/win_rate"], "objective/kl": final["objective/kl"],
             "oracle_labels": oracle_labels, **sample_statistics(policy, tok, eval_rows, args),
-            "steps": [{k: m[k] for k in ("step", "loss", "grad_norm", "objective/sample_kl") if k in m} for m in history]}
+            "steps": [{k: m[k] for k in ("step", "loss", "grad_norm", "objective/sample_kl", "objective/revkl") if k in m} for m in history]}
 
 
 def summarize(results: list[dict], names: list[str]) -> list[dict]:
@@ -120,26 +134,30 @@ def plot(results: list[dict], names: list[str], reference: dict, path: str) -> b
     except ImportError:
         print("matplotlib is not installed: no plot (pip install -r benchmarks/requirements.txt)")
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    ablations = [n for n in names if n not in METHODS]
-    panels = [("designs (mean over seeds, a point per evaluation)", list(METHODS), []),
-              ("ablations (dashed: the designs they vary)", ablations, ["online-dpo", "sail-pr", "sail-pp", "sail-dp"])]
-    for ax, (title, solid, dashed) in zip(axes, panels):
+    panels = [("designs at their defaults", [n for n in names if n in METHODS]),
+              ("coefficients of the bilevel terms, temperature, IPO per token",
+               [n for n in names if n in ABLATIONS and "λ=" not in n and "labels" not in n and "r,p,g" not in n]),
+              ("the RevKL weight λ", [n for n in names if "λ=" in n]),
+              ("self-labels sampled or in expectation; mix fractions",
+               [n for n in names if "labels" in n or "r,p,g" in n])]
+    fig, axes = plt.subplots(2, 2, figsize=(14, 11), sharey=True)
+    colours, markers = plt.get_cmap("tab20").colors, "os^vD<>pPXh*"
+    for ax, (title, curve_names) in zip(axes.flat, panels):
         ax.scatter([0], [reference["gold/reward"]], color="black", marker="*", s=120, label="reference (SFT)", zorder=3)
-        for name, style in [(n, "--") for n in dashed] + [(n, "-") for n in solid]:
+        for i, name in enumerate(curve_names):  # every curve its own colour and marker
             curves = [r["curve"] for r in results if r["method"] == name]
-            if not curves:
-                continue
             kl = np.mean([[0.0] + [p["objective/kl"] for p in c] for c in curves], axis=0)
             gold = np.mean([[reference["gold/reward"]] + [p["gold/reward"] for p in c] for c in curves], axis=0)
-            ax.plot(kl, gold, style, marker="o", markersize=3, label=name)
-        ax.set_title(title)
+            ax.plot(kl, gold, "-", color=colours[i % len(colours)], marker=markers[i % len(markers)], markersize=4,
+                    label=name)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("KL(π_θ ‖ π_ref), nats per sequence")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("gold reward")
+        ax.legend(fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("gold reward (mean over seeds, a point per evaluation)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     return True
 
 
@@ -155,6 +173,8 @@ def main():
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the tiny model gains little from "
                         "more, and timings do not suffer from other jobs' threads)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process with --threads "
+                        "threads (results do not depend on it; wall times do)")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     seeds = opts.seeds or (1 if opts.quick else 3)
@@ -179,14 +199,27 @@ def main():
         if unknown:
             parser.error(f"unknown method(s) {unknown}: choose from {names}")
         names = [n for n in names if n in opts.methods]
-    results = []
+    TASK.update(reference=reference, tok=tok, rows=rows, eval_rows=eval_rows, threads=opts.threads)
+    jobs, same_as = [], {}  # one run per distinct (Args, seed); names that resolve to an earlier one's Args reuse it
     for seed in range(opts.first_seed, opts.first_seed + seeds):  # seeds outermost: a partial run covers every method
+        first_name = {}
         for name in names:
-            overrides = {**METHODS, **ABLATIONS}[name]
-            results.append(run(name, overrides, seed, reference, tok, rows, eval_rows, steps, eval_every, opts.lr))
-            r = results[-1]
-            print(f"[{time.perf_counter() - t0:5.0f} s] {name:24s} seed {seed}: gold {r['gold/reward']:.3f}, "
+            args = resolve({**METHODS, **ABLATIONS}[name], seed, steps, eval_every, len(eval_rows), opts.lr)
+            key = json.dumps(dataclasses.asdict(args), sort_keys=True)
+            if key in first_name:
+                same_as[(name, seed)] = first_name[key]
+            else:
+                first_name[key] = name
+                jobs.append((name, args))
+    results = {}
+    with multiprocessing.get_context("fork").Pool(opts.jobs) as pool:
+        for r in pool.imap(run, jobs):
+            results[(r["method"], r["seed"])] = r
+            print(f"[{time.perf_counter() - t0:5.0f} s] {r['method']:24s} seed {r['seed']}: gold {r['gold/reward']:.3f}, "
                   f"win {r['gold/win_rate']:.3f}, KL {r['objective/kl']:.3f}, {r['wall_s']:.0f} s", flush=True)
+    for (name, seed), first in same_as.items():
+        results[(name, seed)] = {**results[(first, seed)], "method": name, "same_as": first}
+    results = [results[(name, seed)] for seed in range(opts.first_seed, opts.first_seed + seeds) for name in names]
 
     table = markdown(summarize(results, names), ref_eval)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({opts.threads} torch "
