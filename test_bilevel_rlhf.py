@@ -1134,46 +1134,141 @@ def test_report_to_tensorboard_without_the_package(tiny_files, tmp_path, capsys)
 # ----------------------------------------------------------------------------------------------------------------
 # 9. Data parallel: torchrun with Gloo on CPU
 
-# Runs the command line under torchrun and saves each rank's final weights (rankN.pt in WEIGHTS_DIR), so the test can
-# compare ranks. Everything else is bilevel_rlhf.cli as a user runs it.
+# The test harness: the torchrun script runs it, and install_harness puts it in this process (undone after the test).
+# Everything else is bilevel_rlhf.cli as a user runs it. It hooks three names, looked up when the run uses them:
+# br.train (called as train(args, policy, ...)), br.save_checkpoint and torch.optim.AdamW, not train's internals.
+#   $WEIGHTS_DIR   each rank saves its final weights there (rankN.pt), so a test can compare ranks
+#   $GRADS_DIR     each rank saves the gradient its first optimizer step receives (rankN.grad.pt, name -> tensor):
+#                  after the backward, the DDP all-reduce and the clipping, right before the update
+#   $HOLD_AT_SAVE  rank 0 stops before writing its N-th checkpoint: it creates the file $HOLD_MARKER and sleeps
+#                  (the other ranks wait for it in their next all-reduce), so a test can kill the run at a known
+#                  point instead of racing it
+HARNESS = """
+import os, time, torch
+import bilevel_rlhf as br
+
+def install(setattr):
+    rank, names, saves = os.environ.get("RANK", "0"), {}, []
+    train, save_checkpoint, AdamW = br.train, br.save_checkpoint, torch.optim.AdamW
+
+    def train_and_save(args, policy, *rest, **kwargs):
+        names.update((p, n) for n, p in policy.named_parameters())
+        history = train(args, policy, *rest, **kwargs)
+        if os.environ.get("WEIGHTS_DIR"):
+            torch.save(policy.state_dict(), os.path.join(os.environ["WEIGHTS_DIR"], "rank%s.pt" % rank))
+        return history
+
+    class AdamWThatSavesTheFirstGradient(AdamW):
+        def step(self, *args, **kwargs):
+            if os.environ.get("GRADS_DIR") and names and not getattr(self, "saved", False):
+                self.saved = True
+                grads = {names[p]: p.grad.detach().clone() for group in self.param_groups for p in group["params"]
+                         if p in names and p.grad is not None}
+                torch.save(grads, os.path.join(os.environ["GRADS_DIR"], "rank%s.grad.pt" % rank))
+            return super().step(*args, **kwargs)
+
+    def save_checkpoint_or_hold(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == int(os.environ.get("HOLD_AT_SAVE", "0")):
+            open(os.environ["HOLD_MARKER"], "w").close()
+            while True:
+                time.sleep(1)
+        return save_checkpoint(*args, **kwargs)
+
+    setattr(br, "train", train_and_save)
+    setattr(br, "save_checkpoint", save_checkpoint_or_hold)
+    setattr(torch.optim, "AdamW", AdamWThatSavesTheFirstGradient)
+"""
+
 TORCHRUN_SCRIPT = """
-import os, sys, torch
+import sys
 sys.path.insert(0, {here!r})
 import bilevel_rlhf as br
-train = br.train
-def train_and_save(args, policy, *rest, **kwargs):
-    history = train(args, policy, *rest, **kwargs)
-    torch.save(policy.state_dict(), os.path.join(os.environ["WEIGHTS_DIR"], "rank%s.pt" % os.environ["RANK"]))
-    return history
-br.train = train_and_save
+exec({harness!r})
+install(setattr)
 sys.exit(br.cli(sys.argv[1:]))
 """
 
 
-def torchrun(tmp_path, nproc, flags, wait=True):
+def install_harness(monkeypatch):
+    namespace = {}
+    exec(HARNESS, namespace)
+    namespace["install"](monkeypatch.setattr)
+
+
+def torchrun(tmp_path, nproc, flags, wait=True, env=None):
     script = tmp_path / "torchrun_cli.py"
-    script.write_text(TORCHRUN_SCRIPT.format(here=HERE))
-    env = {**os.environ, "WEIGHTS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    script.write_text(TORCHRUN_SCRIPT.format(here=HERE, harness=HARNESS))
+    env = {**os.environ, "WEIGHTS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script),
            *map(str, flags)]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants, from /proc (torchrun starts each rank in a session of its own, so a process
-    group kill would leave the ranks running)."""
-    parents = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            parents[int(stat.split("/")[2])] = int(open(stat).read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-    tree = [pid]
+def proc_stat(pid: int):
+    """(parent pid, state letter, start time) of a process, from /proc/pid/stat; None once it is gone. The start
+    time tells a process from a later one that reuses its pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the command name, in parentheses, may hold anything
+        return int(fields[1]), fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def running(pid: int, start: int) -> bool:
+    """Whether that process exists and is not dead (a zombie is dead: it can run nothing, it only awaits its
+    parent's wait)."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[2] == start and stat[1] not in "ZXx"
+
+
+def process_tree(pid: int) -> dict[int, int]:
+    """pid and all its descendants that are not dead, as {pid: start time}, from /proc (torchrun starts each rank
+    in a session of its own, so a process group or session kill would leave the ranks running)."""
+    stats = {int(path[6:]): proc_stat(int(path[6:])) for path in glob.glob("/proc/[0-9]*")}
+    stats = {p: s for p, s in stats.items() if s is not None and s[1] not in "ZXx"}
+    tree = [pid] if pid in stats else []
     for p in tree:
-        tree += [child for child, parent in parents.items() if parent == p]
-    return tree
+        tree += [child for child, s in stats.items() if s[0] == p]
+    return {p: stats[p][2] for p in tree}
+
+
+def send(pid: int, start: int, sig: int):
+    if running(pid, start):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:  # it ended in between
+            pass
+
+
+def kill_tree(proc: subprocess.Popen, timeout: float = 60):
+    """SIGKILL proc and all its descendants, and return them ({pid: start time}) once none is left running.
+
+    One walk of /proc and then a kill of each pid in turn raced the tree: a process started after the walk is
+    missed; once torchrun or a rank is dead, a peer sees its connection close and may exit on its own before its
+    turn, and os.kill fails (No such process: seen with a 3 s gap between two kills, as when this process is
+    descheduled under load); and SIGKILL takes effect asynchronously while proc.wait() waits for torchrun only, so
+    the test went on while a rank could still be running. So: SIGSTOP every process of the tree, walk it again
+    until no new one appears (a stopped process neither starts another nor reacts to a peer's death, and a stopped
+    torchrun keeps the ranks as its children), SIGKILL them all, then wait until each is gone or a zombie (the
+    orphaned ranks are not this process's to wait for).
+    """
+    frozen: dict[int, int] = {}
+    while new := {p: t for p, t in process_tree(proc.pid).items() if frozen.get(p) != t}:
+        for p, t in new.items():
+            send(p, t, signal.SIGSTOP)
+        frozen.update(new)
+    for p, t in frozen.items():
+        send(p, t, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + timeout
+    while left := [p for p, t in frozen.items() if running(p, t)]:
+        assert time.monotonic() < deadline, f"processes {left} of the killed run are still alive"
+        time.sleep(0.01)
+    return frozen
 
 
 def test_torchrun_keeps_the_ranks_identical(tiny_files, tmp_path):
@@ -1184,7 +1279,7 @@ def test_torchrun_keeps_the_ranks_identical(tiny_files, tmp_path):
                                               2, "--eval-every", 2, "--gradient-checkpointing"))
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # the all-reduce hands every rank the same bits
     original = weights(tiny_files / "policy")
     assert not torch.equal(rank0["transformer.wte.weight"], original["transformer.wte.weight"])  # it trained
     assert result.stdout.count("device:") == 1  # only rank 0 prints
@@ -1193,23 +1288,57 @@ def test_torchrun_keeps_the_ranks_identical(tiny_files, tmp_path):
     assert [m["step"] for m in steps] == [1, 2, 3, 4] and "eval/gold/reward" in steps[1]
 
 
-def test_two_ranks_of_batch_b_equal_one_rank_of_batch_2b_for_offline_dpo(tiny_files, tmp_path, capsys):
-    flags = ["--design", "dpo", "--warmup-steps", 0, "--lr", 1e-2]
-    result = torchrun(tmp_path, 2, tiny_flags(tiny_files, tmp_path / "two", *flags, "--batch-size", 2))
+EPS32 = torch.finfo(torch.float32).eps  # 2^-23, the spacing of float32 numbers at 1: twice the unit roundoff
+
+
+def gradient_differences(got: dict, want: dict) -> dict[str, tuple[float, float]]:
+    """For each tensor: max |got - want| and max |want|."""
+    return {k: (float((got[k] - want[k]).abs().max()), float(want[k].abs().max())) for k in want}
+
+
+def test_two_ranks_of_batch_b_average_the_gradient_of_one_rank_of_batch_2b(tiny_files, tmp_path, capsys, monkeypatch):
+    # What DDP promises: batch_indices gives rank r of 2 the rows that one process with batch 2B sees, each rank's
+    # loss is the mean over its B pairs and DDP averages the ranks' gradients, so the gradient of a step is the mean
+    # over the same 2B pairs. Offline DPO (no sampling: the same data in both runs), one step, no clipping, the
+    # gradient the optimizer receives. (The test used to compare weights after several AdamW steps at lr 1e-2:
+    # Adam turns rounding-level differences of small gradients into full-size steps, so it measured the float path.)
+    flags = ["--design", "dpo", "--steps", 1, "--warmup-steps", 0, "--max-grad-norm", 0]
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir(), one.mkdir()
+    result = torchrun(two, 2, tiny_flags(tiny_files, two / "run", *flags, "--batch-size", 2),
+                      env={"GRADS_DIR": str(two)})
     assert result.returncode == 0, result.stderr[-3000:]
-    code, _, err = run_in_process(tiny_flags(tiny_files, tmp_path / "one", *flags, "--batch-size", 4), capsys)
+    install_harness(monkeypatch)
+    monkeypatch.setenv("GRADS_DIR", str(one))
+    code, _, err = run_in_process(tiny_flags(tiny_files, one / "run", *flags, "--batch-size", 4), capsys)
     assert code == 0, err
-    two, one = weights(tmp_path / "two"), weights(tmp_path / "one")
-    original = weights(tiny_files / "policy")
-    assert max((two[k] - original[k]).abs().max() for k in two) > 1e-2  # it trained
-    # The key bias (the middle third of c_attn.bias) has an exactly zero gradient (softmax ignores a shift shared by
-    # every key), so Adam turns rounding noise into full-size steps there: it is left out.
-    n_embd = two["transformer.wte.weight"].shape[1]
-    for k in two:
-        a, b = two[k], one[k]
-        if k.endswith("attn.c_attn.bias"):
-            a, b = torch.cat([a[:n_embd], a[2 * n_embd:]]), torch.cat([b[:n_embd], b[2 * n_embd:]])
-        assert torch.allclose(a, b, rtol=0, atol=1e-5), k
+    g1, g2, g2_rank1 = (torch.load(path) for path in (one / "rank0.grad.pt", two / "rank0.grad.pt",
+                                                      two / "rank1.grad.pt"))
+    assert g1.keys() == g2.keys() == g2_rank1.keys() and len(g1) > 0
+    assert all(torch.equal(g2[k], g2_rank1[k]) for k in g2)  # the all-reduce hands every rank the same bits
+    assert all(g1[k].abs().max() > 0 for k in g1)  # a real gradient in every tensor: a zero would match anything
+
+    # The two gradients are the same mean of the same 2B per-pair terms, rounded differently: the batch is padded
+    # to another length, the matmuls have other shapes and thread counts, the mean is (sum of B / B + sum of B / B)
+    # / 2 rather than sum of 2B / 2B. How far apart can float32 put them? Count the roundings along the longest
+    # chain that makes one gradient entry: per layer, the sums in the layer norms (64 terms each), q, k, v (64),
+    # scores, softmax and values (~30 tokens each), the projections (64, 256): ~700; two layers, then the head and
+    # log-softmax (64 + 42 terms) and the sum over response tokens: ~1500 forward; as many backward, plus a weight
+    # gradient's sum over the ~250 tokens of the batch: n ~ 3000. Each rounding is off by at most u = EPS32 / 2
+    # relative to its operands; independent roundings add like a random walk, sqrt(n) u ~ 27 EPS32 relative to the
+    # size of the terms (Higham and Mary, SIAM J. Sci. Comput. 41 (2019), A2815: lambda sqrt(n) u with high
+    # probability), and the two runs round independently: ~55 EPS32. The tensor's largest entry stands in for the
+    # size of the terms (an entry can be smaller than its terms where they cancel, as DPO's chosen and rejected
+    # gradients do over the shared prompt); a factor of ~4 for that and for lambda: 256 EPS32 x max|g| per tensor
+    # (3e-5 relative). Each run alone came within ~8 EPS32 of a float64 computation of the same gradient, where
+    # this was written. A mistake in the share is of the size of the gradient (a sum instead of a mean: a factor
+    # of 2; another rank's rows: other terms), ~1/EPS32 ~ 8e6 units.
+    differences = gradient_differences(g2, g1)
+    name, (diff, size) = max(differences.items(), key=lambda item: item[1][0] / item[1][1])
+    print(f"gradient of 2 ranks x 2 pairs vs 1 x 4: worst tensor {name}: max|diff| {diff:.3g} = "
+          f"{diff / (EPS32 * size):.1f} EPS32 x max|g| (tolerance 256)")
+    too_far = {k: f"{d:.3g} > {256 * EPS32 * s:.3g}" for k, (d, s) in differences.items() if d > 256 * EPS32 * s}
+    assert not too_far, too_far
 
 
 def test_torchrun_resumes_after_a_kill_with_the_same_world_size(tiny_files, tmp_path, capsys):
@@ -1217,16 +1346,24 @@ def test_torchrun_resumes_after_a_kill_with_the_same_world_size(tiny_files, tmp_
                        "--save-every", 2)
     assert torchrun(tmp_path, 2, flags).returncode == 0
 
-    killed = tmp_path / "killed"
+    # Kill -9 every process while rank 0 is held before its second checkpoint: steps 3 and 4 are done (and logged)
+    # but not saved, so the resumed run must drop them and redo them from checkpoint-0000002. The hold, not the
+    # timing of this process, decides where the run stops: under load, polling raced it (the run could be past
+    # the next checkpoint, or done, by the time the poll saw the first).
+    killed, marker = tmp_path / "killed", tmp_path / "held"
     flags[flags.index("--output-dir") + 1] = str(killed)
-    proc = torchrun(tmp_path, 2, flags, wait=False)
-    while not (killed / "checkpoint-0000002").exists():  # kill -9 every process right after the first checkpoint
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.01)
-    for pid in process_tree(proc.pid):
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "checkpoint-0000008").exists()
+    proc = torchrun(tmp_path, 2, flags, wait=False, env={"HOLD_AT_SAVE": "2", "HOLD_MARKER": str(marker)})
+    try:
+        deadline = time.monotonic() + 600
+        while not marker.exists():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run did not reach its second checkpoint"
+            time.sleep(0.05)
+    finally:  # also when the wait fails: a held rank would sleep forever
+        tree = kill_tree(proc)
+    assert len(tree) >= 3  # torchrun and its two ranks, all gone: nothing writes into `killed` now
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-0000002"]
+    assert [json.loads(line)["step"] for line in open(killed / "metrics.jsonl")][:3] == [1, 2, 3]
 
     code, _, err = run_in_process(flags, capsys)  # one process cannot continue a two-process run
     assert code == 2 and "with 2 process(es)" in err
