@@ -652,8 +652,8 @@ def validate(args: Args) -> Args:
         args.output_dir = os.path.join("runs", name)
     if args.lr is None:
         args.lr = 1e-4 if embedded else 5e-7
-    if args.max_new_tokens is None:
-        args.max_new_tokens = 24 if embedded else 128
+    if embedded and args.max_new_tokens is None:  # with --model, fit_context sizes it to the model's context
+        args.max_new_tokens = 24
     if embedded and args.max_prompt_length is None:
         args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
     if not embedded and args.dataset is None:
@@ -734,17 +734,9 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
     """Gold reward of each review: Σ sentiment of its grammatical sentences − 1 per broken sentence."""
     scores = []
     for prompt, response in zip(prompts, responses):
-        text = (prompt + " " + response).split()
-        sentences, current = [], []
-        for w in text:
-            if w == ".":
-                sentences.append(current)
-                current = []
-            else:
-                current.append(w)
-        if current:  # an unfinished last sentence is broken
-            sentences.append(current)
-        scores.append(float(sum(s if (s := sentence_score(x)) is not None else -1 for x in sentences)))
+        *finished, last = (prompt + " " + response).split(".")
+        sentences = [words.split() for words in finished] + ([last.split()] if last.split() else [])  # an unfinished
+        scores.append(float(sum(s if (s := sentence_score(x)) is not None else -1 for x in sentences)))  # one: broken
     return scores
 
 
@@ -949,79 +941,54 @@ def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[f
 ASSISTANT_TAG = "\n\nAssistant:"  # Anthropic HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..."
 
 
-def is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
-def read_file_rows(source: str) -> list[tuple[str, dict]]:
-    """The rows of a .json file (a list of objects) or of any other file read as JSONL (one object per line)."""
-    if source.endswith(".json"):
-        with open(source, encoding="utf-8-sig") as f:
-            try:
-                rows = json.load(f)
-            except json.JSONDecodeError as e:
-                raise RunError(f"{source}:{e.lineno}: invalid JSON ({e.msg}); a .json file holds one list of "
-                                 "objects, one object per line needs the .jsonl extension") from None
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise RunError(f"{source}: expected a top-level JSON list of objects")
-        return [(f"{source}[{i}]", row) for i, row in enumerate(rows)]
-    rows = []  # any other extension is read as JSONL
-    with open(source, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RunError(f"{source}:{line_no}: expected one JSON object per line ({e.msg}, column "
-                                 f"{e.colno})") from None
-            if not isinstance(row, dict):
-                raise RunError(f"{source}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            rows.append((f"{source}:{line_no}", row))
-    return rows
-
-
 def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
     """Raw rows, each with where it came from ("file.jsonl:LINE"), from a .jsonl file (one JSON object per line;
     blank lines skipped), a .json file (a top-level list of objects), or — when `source` is not an existing path — a
     hub dataset id loaded with `datasets.load_dataset(source, split=split)` (imported only then)."""
     if os.path.isfile(source):
+        with open(source, "rb") as f:
+            raw = f.read()
         try:
-            return read_file_rows(source)
-        except UnicodeDecodeError:
-            with open(source, "rb") as f:
-                line_no = next(n for n, line in enumerate(f, 1) if not is_utf8(line))
-            raise RunError(f"{source}: not UTF-8 text (line {line_no})") from None
-
+            text = raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is allowed
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise RunError(f"{source}: not UTF-8 text (line {line})") from None
+        if source.endswith(".json"):
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise RunError(f"{source}:{e.lineno}: invalid JSON ({e.msg}); a .json file holds one list of "
+                               "objects, one object per line needs the .jsonl extension") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise RunError(f"{source}: expected a top-level JSON list of objects")
+            return [(f"{source}[{i}]", row) for i, row in enumerate(rows)]
+        rows = []  # any other extension is read as JSONL
+        for line_no, line in enumerate(text.splitlines(), 1):
+            try:
+                row = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError as e:
+                raise RunError(f"{source}:{line_no}: expected one JSON object per line ({e.msg}, column "
+                               f"{e.colno})") from None
+            if not isinstance(row, dict):
+                raise RunError(f"{source}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            rows += [(f"{source}:{line_no}", row)] if line.strip() else []
+        return rows
 
     # NOTE: on Linux os.sep is "/", which every hub id ("org/name") contains, so a path is recognised by its
     # extension, a leading "/", "." or "~", or more than one "/".
-    looks_like_path = (source.endswith((".json", ".jsonl")) or source.startswith(("/", ".", "~")) or
-                       source.count("/") > 1 or "\\" in source)
-    if looks_like_path and not os.path.isdir(source):
+    if (source.endswith((".json", ".jsonl")) or source.startswith(("/", ".", "~")) or source.count("/") > 1
+            or "\\" in source) and not os.path.isdir(source):
         raise RunError(f"{source}: no such file")
     try:
         import datasets
     except ImportError:
         what = "is a folder" if os.path.isdir(source) else "no such file"
         raise RunError(f"{source}: {what}; to load it as a hub dataset instead, install the datasets package "
-                         "(pip install datasets)") from None
+                       "(pip install datasets)") from None
     try:
         return [(f"{source}[{split}][{i}]", dict(r)) for i, r in enumerate(datasets.load_dataset(source, split=split))]
     except (FileNotFoundError, ValueError) as e:  # unknown dataset (DatasetNotFoundError) or unknown split
         raise RunError(f"{source}: not a file, and loading split {split!r} from the hub failed: {e}") from None
-
-
-def check_messages(value, where: str, key: str) -> None:
-    """Raise unless `value` is a list of {"role": str, "content": str} messages."""
-    for i, m in enumerate(value):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise RunError(f"{where}: field {key!r}, message {i}: expected {{'role': str, 'content': str}}, "
-                             f"got {m!r}")
 
 
 def split_transcripts(chosen: str, rejected: str, where: str) -> tuple[str, str, str]:
@@ -1080,45 +1047,32 @@ def normalize_row(row: dict, tok, where: str) -> dict:
                               whose shared beginning is the prompt
       prompt only             prompt (string or messages): for online designs; chosen = rejected = None
     """
-    has_pair = "chosen" in row or "rejected" in row
-    if has_pair:
-        for key in ("chosen", "rejected"):
-            if key not in row:
-                raise RunError(f"{where}: missing field {key!r} (a preference pair needs both 'chosen' and "
-                                 "'rejected')")
-            if not isinstance(row[key], (str, list)):
-                raise RunError(f"{where}: field {key!r} must be a string or a list of messages, got "
-                                 f"{type(row[key]).__name__}")
-            if isinstance(row[key], list):
-                check_messages(row[key], where, key)
-        chosen, rejected = row["chosen"], row["rejected"]
-        if type(chosen) is not type(rejected):
-            raise RunError(f"{where}: 'chosen' and 'rejected' must both be strings or both message lists")
-    elif "prompt" not in row:
+    present = [key for key in ("prompt", "chosen", "rejected") if key in row]
+    if ("chosen" in row) != ("rejected" in row):
+        raise RunError(f"{where}: missing field {'rejected' if 'chosen' in row else 'chosen'!r} (a preference pair "
+                       "needs both 'chosen' and 'rejected')")
+    if not present:
         raise RunError(f"{where}: missing field 'prompt' (expected prompt/chosen/rejected, chosen/rejected "
-                         f"transcripts, or a prompt alone); found fields {sorted(row)}")
-    else:
-        chosen = rejected = None
-
-    if "prompt" in row:
-        prompt = row["prompt"]
-        if not isinstance(prompt, (str, list)):
-            raise RunError(f"{where}: field 'prompt' must be a string or a list of messages, got "
-                             f"{type(prompt).__name__}")
-        if isinstance(prompt, list):
-            check_messages(prompt, where, "prompt")
-        if has_pair and type(chosen) is not type(prompt):
-            raise RunError(f"{where}: 'prompt', 'chosen' and 'rejected' must all be strings (standard format) or "
-                             "all message lists (conversational format)")
-    elif isinstance(chosen, str):
-        prompt, chosen, rejected = split_transcripts(chosen, rejected, where)
-    else:
-        prompt, chosen, rejected = split_conversations(chosen, rejected, where)
-
+                       f"transcripts, or a prompt alone); found fields {sorted(row)}")
+    for key in present:
+        if not isinstance(row[key], (str, list)):
+            raise RunError(f"{where}: field {key!r} must be a string or a list of messages, got "
+                           f"{type(row[key]).__name__}")
+        for i, m in enumerate(row[key] if isinstance(row[key], list) else []):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise RunError(f"{where}: field {key!r}, message {i}: expected {{'role': str, 'content': str}}, "
+                               f"got {m!r}")
+    if len({type(row[key]) for key in present}) > 1:
+        raise RunError(f"{where}: {', '.join(repr(k) for k in present)} must all be strings (standard format) or "
+                       "all message lists (conversational format)")
+    prompt, chosen, rejected = row.get("prompt"), row.get("chosen"), row.get("rejected")
+    if prompt is None:
+        split = split_transcripts if isinstance(chosen, str) else split_conversations
+        prompt, chosen, rejected = split(chosen, rejected, where)
     if isinstance(prompt, str):  # standard text is used as given: no chat template (as in TRL)
         return {"prompt": prompt, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected}
     text = render_prompt(tok, prompt)
-    if has_pair:
+    if chosen is not None:
         chosen, rejected = (render_response(tok, prompt, text, y) for y in (chosen, rejected))
     return {"prompt": text, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected}
 
@@ -1148,16 +1102,12 @@ def prepare_rows(rows: list[dict], tok, max_prompt_length: int, max_new_tokens: 
         else:
             seen.add(key)
             kept.append(r)
-    if kept:
-        lengths = [len(ids) for ids in tok([r["prompt"] for r in kept], add_special_tokens=False).input_ids]
-        counts["long_prompts"] = sum(n > max_prompt_length for n in lengths)
-        pairs = [r for r in kept if r["chosen"] is not None]
-
-        def too_long(key):  # + 1: the EOS that encode_responses appends
-            ids = tok([r[key] for r in pairs], add_special_tokens=False).input_ids
-            return [len(y) + 1 > max_new_tokens for y in ids]
-        if pairs:
-            counts["long_responses"] = sum(c or r for c, r in zip(too_long("chosen"), too_long("rejected")))
+    def lengths(texts):
+        return np.array([len(ids) for ids in tok(texts, add_special_tokens=False).input_ids] if texts else [], int)
+    pairs = [r for r in kept if r["chosen"] is not None]
+    counts["long_prompts"] = int((lengths([r["prompt"] for r in kept]) > max_prompt_length).sum())
+    longest = np.maximum(lengths([r["chosen"] for r in pairs]), lengths([r["rejected"] for r in pairs]))
+    counts["long_responses"] = int((longest + 1 > max_new_tokens).sum())  # + 1: the EOS that encode_responses adds
     return kept, counts
 
 
@@ -1173,12 +1123,8 @@ def split_eval(rows: list[dict], eval_fraction: float, max_eval: int, seed: int)
     if eval_fraction > 0 and len(prompts) >= 2:
         n_eval = min(max(1, round(eval_fraction * len(prompts))), max_eval, len(prompts) - 1)  # keep 1 to train on
     held = set(random.Random(seed).sample(prompts, n_eval))
-    train_rows = [r for r in rows if r["prompt"] not in held]
-    first = {}
-    for r in rows:
-        first.setdefault(r["prompt"], r)
-    eval_rows = [first[p] for p in prompts if p in held]
-    return train_rows, eval_rows
+    first = {r["prompt"]: r for r in reversed(rows)}  # the first row of each prompt
+    return [r for r in rows if r["prompt"] not in held], [first[p] for p in prompts if p in held]
 
 
 def load_preferences(args: Args, tok) -> tuple[list[dict], list[dict]]:
@@ -1359,7 +1305,10 @@ def enable_gradient_checkpointing(model):
 
 
 def fit_context(args: Args, context: Optional[int]):
-    """Resolve --max-prompt-length so that prompt + response fits the model's context (None = unknown)."""
+    """Resolve --max-new-tokens and --max-prompt-length so that prompt + response fit the model's context (None =
+    unknown): by default 128 new tokens, or a quarter of the context if that is less."""
+    if args.max_new_tokens is None:
+        args.max_new_tokens = min(128, context // 4) if context else 128
     if args.max_prompt_length is None:
         args.max_prompt_length = min(512, context - args.max_new_tokens) if context else 512
     if args.max_prompt_length < 1 or (context and args.max_prompt_length + args.max_new_tokens > context):

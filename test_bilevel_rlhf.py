@@ -564,6 +564,13 @@ def test_default_output_dir_names_the_run():
     assert args.output_dir == os.path.join("runs", "my-llm-dpo")
 
 
+def test_response_budget_defaults_to_fit_the_model():
+    for context, new_tokens, prompt in ((64, 16, 48), (128, 32, 96), (4096, 128, 512), (None, 128, 512)):
+        args = br.validate(br.Args(model="m", dataset="d.jsonl", design="dpo"))
+        br.fit_context(args, context)
+        assert (args.max_new_tokens, args.max_prompt_length) == (new_tokens, prompt)
+
+
 def test_help_documents_every_flag():
     result = run_cli("--help")
     assert result.returncode == 0
@@ -1102,7 +1109,7 @@ def test_a_misbehaving_oracle_stops_with_one_line(fault, tiny_files, tmp_path, c
 
 def test_a_data_file_that_is_not_utf8_names_the_line(tiny_files, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
-    data.write_bytes(json.dumps(GOOD).encode() + b"\n" + '{"prompt": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    data.write_bytes(json.dumps(GOOD).encode() + b"\n" + '\u00e9{"prompt": "caf"}'.encode("latin-1") + b"\n")
     flags = tiny_flags(tiny_files, tmp_path / "out", "--design", "dpo")
     flags[flags.index("--dataset") + 1] = str(data)
     code, _, err = run_in_process(flags, capsys)

@@ -91,10 +91,12 @@ def run(job) -> dict:
              if "eval/gold/reward" in m]
     final = curve[-1]
     oracle_labels = round(sum(m["route/pr"] for m in history) * args.batch_size * args.grad_accum)
-    return {"method": name, "seed": seed, "wall_s": wall, "curve": curve, "gold/reward": final["gold/reward"],
+    return {"method": name, "seed": seed, "args": dataclasses.asdict(args), "wall_s": wall, "curve": curve,
+            "gold/reward": final["gold/reward"],
             "gold/win_rate": final["gold/win_rate"], "objective/kl": final["objective/kl"],
             "oracle_labels": oracle_labels, **sample_statistics(policy, tok, eval_rows, args),
-            "steps": [{k: m[k] for k in ("step", "loss", "grad_norm", "objective/sample_kl", "objective/revkl") if k in m} for m in history]}
+            "steps": [{k: m[k] for k in ("step", "loss", "grad_norm", "objective/sample_kl", "objective/revkl")
+                       if k in m} for m in history]}
 
 
 def summarize(results: list[dict], names: list[str]) -> list[dict]:
@@ -173,6 +175,9 @@ def main():
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the tiny model gains little from "
                         "more, and timings do not suffer from other jobs' threads)")
+    parser.add_argument("--reuse", default=None, help="a compare .json written by the same core code: runs whose "
+                        "resolved Args (every field stored there) and seed match one of its runs are taken from it "
+                        "instead of being trained again (e.g. after a default changed to a value the grid had run)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process with --threads "
                         "threads (results do not depend on it; wall times do)")
     opts = parser.parse_args()
@@ -212,11 +217,21 @@ def main():
                 first_name[key] = name
                 jobs.append((name, args))
     results = {}
+    stored = json.load(open(opts.reuse))["results"] if opts.reuse else []
+    for name, args in list(jobs):
+        new = dataclasses.asdict(args)
+        match = next((r for r in stored if r["seed"] == args.seed
+                      and all(new.get(k) == v for k, v in r["args"].items())), None)
+        if match:
+            results[(name, args.seed)] = {**match, "method": name, "reused_from": opts.reuse}
+            jobs.remove((name, args))
+    print(f"{len(results)} runs reused from {opts.reuse}, {len(jobs)} to train" if opts.reuse else "", flush=True)
     with multiprocessing.get_context("fork").Pool(opts.jobs) as pool:
         for r in pool.imap(run, jobs):
             results[(r["method"], r["seed"])] = r
-            print(f"[{time.perf_counter() - t0:5.0f} s] {r['method']:24s} seed {r['seed']}: gold {r['gold/reward']:.3f}, "
-                  f"win {r['gold/win_rate']:.3f}, KL {r['objective/kl']:.3f}, {r['wall_s']:.0f} s", flush=True)
+            print(f"[{time.perf_counter() - t0:5.0f} s] {r['method']:24s} seed {r['seed']}: gold "
+                  f"{r['gold/reward']:.3f}, win {r['gold/win_rate']:.3f}, KL {r['objective/kl']:.3f}, "
+                  f"{r['wall_s']:.0f} s", flush=True)
     for (name, seed), first in same_as.items():
         results[(name, seed)] = {**results[(first, seed)], "method": name, "same_as": first}
     results = [results[(name, seed)] for seed in range(opts.first_seed, opts.first_seed + seeds) for name in names]
