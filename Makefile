@@ -1,14 +1,15 @@
 # Two commands on a fresh machine: `make run` (the embedded default run) and `make test` (the test-suite).
-# Both create .venv and install requirements.txt the first time (and again when requirements.txt changes).
+# Both create .venv and install requirements.txt at the tested versions of constraints.txt the first time (and again
+# when either changes).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: run test compare bench clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r requirements.txt -c constraints.txt
 	touch $@
 
 run: $(VENV)/.installed
@@ -19,7 +20,7 @@ test: $(VENV)/.installed
 
 # Benchmarks need extra packages (benchmarks/requirements.txt); the core file never imports them.
 $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
-	$(PY) -m pip install -r benchmarks/requirements.txt
+	$(PY) -m pip install -r benchmarks/requirements.txt -c constraints.txt
 	touch $@
 
 compare: $(VENV)/.bench-installed  # every design and the ablations on the embedded task (ARGS=--quick: ~4 min)

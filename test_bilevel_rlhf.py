@@ -571,6 +571,22 @@ def test_response_budget_defaults_to_fit_the_model():
         assert (args.max_new_tokens, args.max_prompt_length) == (new_tokens, prompt)
 
 
+def test_no_reference_points_outside_the_repository():
+    """Every markdown link of the docs is a web address or a file of the repository, no path leaves it, and every
+    ALGORITHM.md § that the code cites is a heading of ALGORITHM.md."""
+    import re
+    files = ["README.md", "ALGORITHM.md", "bilevel_rlhf.py", "test_bilevel_rlhf.py", "Makefile",
+             *glob.glob("benchmarks/*.py", root_dir=HERE), *glob.glob("benchmarks/*.sh", root_dir=HERE)]
+    for name in files:
+        text = open(os.path.join(HERE, name)).read()
+        assert "../" not in text.replace('"../"', ""), f"{name} points outside the repository"
+        for target in re.findall(r"\]\(([^)#\s]+)", text):
+            assert target.startswith("http") or os.path.exists(os.path.join(HERE, target)), (name, target)
+    headings = set(re.findall(r"^## (§\w+)", open(os.path.join(HERE, "ALGORITHM.md")).read(), re.M))
+    cited = set(re.findall(r"§\d+[a-z]?", open(os.path.join(HERE, "bilevel_rlhf.py")).read()))
+    assert cited and cited <= headings, cited - headings
+
+
 def test_help_documents_every_flag():
     result = run_cli("--help")
     assert result.returncode == 0
