@@ -220,8 +220,9 @@ def main():
     stored = json.load(open(opts.reuse))["results"] if opts.reuse else []
     for name, args in list(jobs):
         new = dataclasses.asdict(args)
+        unread = {"self_labels"} if args.design in ("dpo", "online-dpo", "sail-pr") else set()  # no self-labels there
         match = next((r for r in stored if r["seed"] == args.seed
-                      and all(new.get(k) == v for k, v in r["args"].items())), None)
+                      and all(new.get(k) == v for k, v in r["args"].items() if k not in unread)), None)
         if match:
             results[(name, args.seed)] = {**match, "method": name, "reused_from": opts.reuse}
             jobs.remove((name, args))
