@@ -280,8 +280,8 @@ def static_cache(model, rows: int, args: Args):
     compilable = model.device.type == "cuda" and getattr(model, "_can_compile_fullgraph", False)
     if args.static_cache == "off" or (args.static_cache == "auto" and not compilable):
         return None
-    # NOTE: never with peft adapters disabled (the reference under LoRA): peft documents compiled models that give
-    # wrong outputs without an error (https://huggingface.co/docs/peft/developer_guides/torch_compile)
+    # NOTE: never with peft adapters disabled (the reference under LoRA): peft's guide warns that a compiled model can
+    # give wrong outputs without an error (https://huggingface.co/docs/peft/developer_guides/torch_compile)
     if any(getattr(m, "_disable_adapters", False) for m in model.modules()):
         return None
     caches = model.__dict__.setdefault("_static_caches", {})  # lives and dies with the model
