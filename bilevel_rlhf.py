@@ -266,6 +266,31 @@ def until_first_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
     return ((is_eos.cumsum(dim=1) - is_eos) == 0).long()  # (N, R): 1 before and at the first EOS
 
 
+def static_cache(model, rows: int, args: Args):
+    """The static KV cache that `sample` generates `rows` sequences with, or None for transformers' dynamic one.
+
+    Given a static cache on CUDA, generate() compiles the decoding step and replays it as CUDA graphs (transformers'
+    automatic compilation: GenerationMixin._valid_auto_compile_criteria, CompileConfig's mode="reduce-overhead"). The
+    graphs are recorded on the cache's tensors, so there is one cache per (model, rows), sized once to
+    --max-prompt-length + --max-new-tokens and reset in place before each rollout; the prefill runs uncompiled, so the
+    prompts' width may vary. --static-cache auto: on CUDA for models that transformers compiles with a static cache.
+    """
+    from transformers import StaticCache
+
+    compilable = model.device.type == "cuda" and getattr(model, "_can_compile_fullgraph", False)
+    if args.static_cache == "off" or (args.static_cache == "auto" and not compilable):
+        return None
+    # NOTE: never with peft adapters disabled (the reference under LoRA): peft's guide warns that a compiled model can
+    # give wrong outputs without an error (https://huggingface.co/docs/peft/developer_guides/torch_compile)
+    if any(getattr(m, "_disable_adapters", False) for m in model.modules()):
+        return None
+    caches = model.__dict__.setdefault("_static_caches", {})  # lives and dies with the model
+    if rows not in caches:
+        caches[rows] = StaticCache(config=model.config, max_cache_len=args.max_prompt_length + args.max_new_tokens)
+    caches[rows].reset()  # NOTE: generate() continues a cache it is given; reset() zeroes it in place
+    return caches[rows]
+
+
 @torch.inference_mode()
 def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args) -> list[list[int]]:
     """n samples per prompt from the model, as token lists cut after the first EOS.
@@ -276,13 +301,25 @@ def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args) -
     was_training = model.training
     model.eval()  # NOTE: HF turns the KV cache off when gradient checkpointing is on *and* the model is training
     devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
+    input_ids, attention_mask, extra = prompt_ids.repeat(n, 1), prompt_mask.repeat(n, 1), {}  # (nB, P)
+    rows = n * max(len(prompt_ids), args.batch_size)  # a fixed bucket: the number of online prompts varies
+    cache = static_cache(model, rows, args)
+    if cache is not None:  # padded to `rows` with copies of row 0, which stop after their first token
+        pad = rows - len(input_ids)
+        input_ids, attention_mask = (torch.cat([t, t[:1].expand(pad, -1)]) for t in (input_ids, attention_mask))
+        dummy = torch.arange(rows, device=input_ids.device) >= rows - pad  # (rows,) True for the padding rows
+        # a stopping criterion is any callable that returns a done flag per row (transformers' StoppingCriteriaList);
+        # NOTE: transformers 5.17 knows the cache only as past_key_values; 5.24 calls it cache but accepts this name
+        extra = {"past_key_values": cache, "stopping_criteria": [lambda ids, scores, **kwargs: dummy]}
+        # NOTE: generate() draws one multinomial over all rows per token, so the padding changes which random numbers
+        # each real row gets (not their distribution); the rollout stays replayable from its seed
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         out = model.generate(
-            input_ids=prompt_ids.repeat(n, 1), attention_mask=prompt_mask.repeat(n, 1),  # (nB, P)
+            input_ids=input_ids, attention_mask=attention_mask,  # (nB, P), or (rows, P) with the static cache
             do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
             max_new_tokens=args.max_new_tokens, use_cache=True,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)[:n * len(prompt_ids)]  # (nB, T)
     model.train(was_training)
     tokens = out[:, prompt_ids.shape[1]:]  # (nB, R) the new tokens; rows that ended early are padded
     keep = until_first_eos(tokens, tok.eos_token_id)  # (nB, R)
@@ -349,7 +386,9 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
     # under torchrun the training forward goes through DDP, which all-reduces the gradients in backward; sampling and
     # evaluation use the bare policy
     model = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 else policy
-    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # fused on CUDA: "theoretically fastest" (torch.optim docs) and, with a GradScaler, no found_inf.item() sync
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                            fused=device.type == "cuda")
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[args.schedule]
     scheduler = get_scheduler(schedule, opt, num_warmup_steps=args.warmup_steps, num_training_steps=args.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 needs loss scaling
@@ -593,6 +632,9 @@ class Args:
         "draws from a slightly different distribution than the fp32 log-probs that it differentiates)")
     top_p: float = arg(1.0, "nucleus sampling; term (2) is unbiased only at 1.0")
     top_k: int = arg(0, "top-k sampling, 0 = off; term (2) is unbiased only at 0")
+    static_cache: Literal["auto", "on", "off"] = arg("auto", "generate with a static KV cache, sized once and reused, "
+        "whose decoding step transformers compiles into CUDA graphs on a GPU: auto = on for CUDA where the model "
+        "supports it, off elsewhere (no faster on a CPU, README \"Generation on a GPU\")")
 
     # optimizer
     lr: Optional[float] = arg(None, "AdamW learning rate (default: 1e-4 on the embedded task, 5e-7 with --model)")

@@ -385,6 +385,72 @@ def test_sampler_uses_kv_cache_under_checkpointing_and_cuts_at_eos(pad_is_eos):
     assert br.sample(model, tok, prompt_ids, prompt_mask, n=2, seed=8, args=args) != ys
 
 
+PROMPT_SETS = (["it"], ["the plot", "i loved the film . it was", "it"], ["the cast was", "i"])  # 1, 3, 2 prompts
+
+
+def test_static_cache_draws_what_the_dynamic_cache_draws():
+    model, tok = tiny_model()
+    args = br.validate(br.Args(max_new_tokens=12, batch_size=3))  # 3 prompts fill the bucket: no padding rows
+    prompt_ids, prompt_mask = br.encode_prompts(tok, PROMPT_SETS[1], 64, "cpu")
+
+    def draw(static_cache, seed=7, **overrides):
+        flags = br.dataclasses.replace(args, static_cache=static_cache, **overrides)
+        return br.sample(model, tok, prompt_ids, prompt_mask, n=2, seed=seed, args=flags)
+    # greedy (top-k 1): identical, with padding rows too (a bucket of 8 prompts) and on a cache's second use
+    greedy = draw("off", top_k=1)
+    assert draw("on", top_k=1) == greedy
+    assert draw("on", top_k=1, batch_size=8) == draw("on", top_k=1, batch_size=8) == greedy
+    # sampling: the same seed draws the same tokens where the rows are the same (no padding rows) ...
+    assert draw("on") == draw("off") and draw("on", seed=8) == draw("off", seed=8) != draw("off")
+    # ... and other ones with padding rows, which take random numbers of their own; a rollout still replays
+    assert draw("on", batch_size=8) == draw("on", batch_size=8) != draw("off")
+    # one cache per bucket (2 x 3 rows, 2 x 8 rows), reused: the same object, call after call
+    caches = dict(model._static_caches)
+    assert sorted(caches) == [6, 16]
+    outputs, generate = [], model.generate
+    model.generate = lambda **kwargs: outputs.append(generate(**kwargs)) or outputs[-1]
+    draw("on", batch_size=8)
+    del model.generate
+    assert model._static_caches[16] is caches[16] and outputs[0].shape[0] == 16
+    P = prompt_ids.shape[1]
+    assert outputs[0].shape[1] > P + 1 and (outputs[0][6:, P + 1:] == tok.pad_token_id).all()  # padding rows stop
+
+
+def test_static_cache_keeps_the_compiled_decoding_step_to_one_graph():
+    """transformers compiles generate()'s decoding step only on CUDA; CompileConfig._compile_all_devices makes it do so
+    here, with the eager backend (dynamo traces and guards, nothing is code-generated), so recompilations show."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    model, tok = tiny_model()
+    model.generation_config.compile_config = CompileConfig(backend="eager", mode=None)
+    model.generation_config.compile_config._compile_all_devices = True
+    args = br.validate(br.Args(max_new_tokens=6, batch_size=4, static_cache="on"))
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        graphs = []
+        for k, prompts in enumerate(PROMPT_SETS):  # 1, 3 and 2 online prompts, 1 to 7 tokens wide
+            br.sample(model, tok, *br.encode_prompts(tok, prompts, 64, "cpu"), n=2, seed=k, args=args)
+            graphs.append(counters["stats"]["unique_graphs"])
+        assert graphs[0] >= 1 and graphs == graphs[:1] * 3  # compiled on the first rollout, never again
+        assert list(model._static_caches) == [8]  # 2 x a bucket of 4 prompts
+    finally:
+        torch._dynamo.reset()
+
+
+def test_static_cache_auto_is_off_on_a_cpu_and_never_on_with_peft_adapters_disabled():
+    peft = pytest.importorskip("peft")
+    model, tok = tiny_model()
+    args = br.validate(br.Args(max_new_tokens=4))
+    on = br.dataclasses.replace(args, static_cache="on")
+    assert br.static_cache(model, 2, args) is None and br.static_cache(model, 2, on) is not None
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    assert br.static_cache(lora, 2, on) is not None
+    with lora.disable_adapter():  # the reference under LoRA: its forward is never compiled
+        assert br.static_cache(lora, 2, on) is None
+
+
 def test_labelers():
     g = torch.Generator().manual_seed(0)
     # Bradley-Terry draws follow σ(s1 − s2)
@@ -450,6 +516,31 @@ def test_every_design_trains(design, loss):
             assert history[-1][f"route/{name}"] == 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert "eval/gold/reward" in history[-1] and history[-1]["eval/objective/kl"] == history[-1]["eval/objective/kl"]
+
+
+def test_training_with_the_static_cache_is_reproducible_and_reuses_one_cache_per_bucket():
+    history_a, model_a = run_loop(seed=0, steps=2, static_cache="on")
+    history_b, model_b = run_loop(seed=0, steps=2, static_cache="on")
+    assert without_timing(history_a) == without_timing(history_b)
+    assert all(torch.equal(p, q) for p, q in zip(model_a.parameters(), model_b.parameters()))
+    assert sorted(model_a._static_caches) == [8, 16]  # rollouts: 2 x 8 prompts; evaluation: 1 x max(4, 8)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_adamw_is_fused_on_cuda_only(device, monkeypatch):
+    made = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            made.append(kwargs.get("fused"))
+            super().__init__(params, **kwargs)
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    model, tok = tiny_model()
+    model.to(device)
+    args = br.validate(br.Args(design="dpo", steps=1, batch_size=4, eval_prompts=1, max_new_tokens=4,
+                               output_dir="unused", device=device))
+    br.train(args, model, br.make_reference(model, torch.float32), tok, toy_rows(8), br.gold_reward, eval_rows("it"))
+    assert made == [device == "cuda"]
 
 
 def test_revkl_changes_the_update():
@@ -659,6 +750,28 @@ def test_cuda_sequence_logps_are_fp32_under_bf16_autocast():
             mixed = br.sequence_logps(model, *seqs)
     assert mixed.dtype == torch.float32
     assert torch.allclose(mixed, exact, rtol=0.02, atol=0.05), (mixed, exact)
+
+
+@cuda
+def test_cuda_static_cache_compiles_once_and_decodes_greedily_as_the_dynamic_cache():
+    from torch._dynamo.utils import counters
+
+    model, tok = tiny_model()
+    model.cuda()
+    args = br.validate(br.Args(max_new_tokens=8, batch_size=4, top_k=1))  # auto: on, on CUDA; top-k 1: greedy
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        graphs = []
+        for k, prompts in enumerate(PROMPT_SETS):
+            prompt_ids, prompt_mask = br.encode_prompts(tok, prompts, 64, "cuda")
+            static = br.sample(model, tok, prompt_ids, prompt_mask, n=2, seed=k, args=args)
+            graphs.append(counters["stats"]["unique_graphs"])
+            off = br.dataclasses.replace(args, static_cache="off")
+            assert static == br.sample(model, tok, prompt_ids, prompt_mask, n=2, seed=k, args=off)
+        assert graphs[0] >= 1 and graphs == graphs[:1] * 3 and list(model._static_caches) == [8]
+    finally:
+        torch._dynamo.reset()
 
 
 @cuda
