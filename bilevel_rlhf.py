@@ -258,10 +258,8 @@ def sequence_logps(model, input_ids, attention_mask, response_mask) -> torch.Ten
 # Sampler
 
 def until_first_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """Mask (N, R) that keeps each row up to and including its first EOS.
-
-    NOTE: by position, not by token id: with pad == eos (GPT-2) a mask of `tokens != pad` would drop the real EOS.
-    """
+    """Mask (N, R) that keeps each row up to and including its first EOS. NOTE: by position, not by token id: with
+    pad == eos (GPT-2) a mask of `tokens != pad` would drop the real EOS."""
     is_eos = (tokens == eos_id).long()
     return ((is_eos.cumsum(dim=1) - is_eos) == 0).long()  # (N, R): 1 before and at the first EOS
 
@@ -293,11 +291,8 @@ def static_cache(model, rows: int, args: Args):
 
 @torch.inference_mode()
 def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args) -> list[list[int]]:
-    """n samples per prompt from the model, as token lists cut after the first EOS.
-
-    Returns n * B lists ordered [sample 1 of all B prompts; sample 2 of all B; ...] (the layout of `join`).
-    The seed makes the rollout replayable without touching the global random state.
-    """
+    """n samples per prompt from the model, as token lists cut after the first EOS: n * B lists ordered [sample 1 of
+    all B prompts; sample 2 of all B; ...] (the layout of `join`). The seed makes the rollout replayable."""
     was_training = model.training
     model.eval()  # NOTE: HF turns the KV cache off when gradient checkpointing is on *and* the model is training
     devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
@@ -358,11 +353,9 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int, rank: int = 0, world: int = 1) -> list[int]:
-    """Rows of rollout k: the k-th slice of an endless stream of per-epoch shuffles (stateless, so resumable).
-
-    With `world` data-parallel ranks the slice holds world * batch_size rows and each rank takes its share, so
-    2 ranks x batch B see the rows that 1 rank x batch 2B sees, in the same order.
-    """
+    """Rows of rollout k: the k-th slice of an endless stream of per-epoch shuffles (stateless, so resumable). With
+    `world` ranks the slice holds world * batch_size rows and each rank takes its share: 2 ranks x batch B see the
+    rows that 1 rank x batch 2B sees, in the same order."""
     start = (rollout * world + rank) * batch_size
     return [int(epoch_order(n_rows, seed, p // n_rows)[p % n_rows]) for p in range(start, start + batch_size)]
 
@@ -563,43 +556,33 @@ def arg(default, help: str):
 
 @dataclass
 class Args:
-    output_dir: Optional[str] = arg(None, "checkpoints, final model, args.json and metrics.jsonl (default: "
-        "runs/embedded or runs/MODEL-DESIGN)")
-    seed: int = arg(0, "seeds data order, routing, sampling and labels; every rollout can be replayed from (seed, "
-        "step)")
+    output_dir: Optional[str] = arg(None, "checkpoints, model, args.json, metrics.jsonl (default: runs/MODEL-DESIGN)")
+    seed: int = arg(0, "seeds data order, routing, sampling and labels; a rollout is replayable from (seed, step)")
     steps: int = arg(300, "optimizer steps")
     eval_every: int = arg(50, "evaluate every N steps (and at the end); 0 = only at the end")
     eval_prompts: int = arg(128, "at most this many held-out prompts are used for evaluation")
     save_every: int = arg(0, "save a checkpoint every N steps (and always at the end); 0 = only at the end")
     keep_last: int = arg(2, "checkpoints kept in --output-dir (older ones are deleted); 0 = keep all")
-    resume: bool = arg(False, "continue from the newest checkpoint in --output-dir even if its args differ (same args "
-        "resume by default)")
-    overwrite: bool = arg(False, "start over in an --output-dir that holds another run's checkpoint (its checkpoints "
-        "are deleted)")
-    report_to: Literal["none", "tensorboard", "wandb"] = arg("none", "also log metrics to TensorBoard or Weights & "
-        "Biases (each needs its package installed)")
+    resume: bool = arg(False, "continue the newest checkpoint in --output-dir even if its args differ (same args do)")
+    overwrite: bool = arg(False, "start over in an --output-dir of another run, deleting its checkpoints")
+    report_to: Literal["none", "tensorboard", "wandb"] = arg("none", "also log to TensorBoard or Weights & Biases")
     quick: bool = arg(False, "embedded task only: a smaller, faster run (used by the tests)")
 
     # model and data
-    model: Optional[str] = arg(None, "hub id or local folder of a causal LM; None = build the embedded task (tiny "
-        "GPT-2, synthetic reviews)")
-    dataset: Optional[str] = arg(None, "preference data (required with --model): a .jsonl/.json file or a hub dataset "
-        "id; formats in the README")
+    model: Optional[str] = arg(None, "hub id or folder of a causal LM; None = the embedded task (tiny GPT-2, reviews)")
+    dataset: Optional[str] = arg(None, "preference data for --model: a .jsonl/.json file or a hub dataset id (README)")
     dataset_split: str = arg("train", "split of a hub dataset used for training")
-    eval_split: Optional[str] = arg(None, "evaluation prompts: a hub dataset split or a file; None = hold out "
-        "--eval-fraction of --dataset")
+    eval_split: Optional[str] = arg(None, "eval prompts: a hub split or a file; None = hold out --eval-fraction")
     eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation when --eval-split is not given")
-    reward_model: Optional[str] = arg(None, "hub id or folder of a sequence-classification reward model: the oracle of "
-        "the online designs")
+    reward_model: Optional[str] = arg(None, "hub id or folder of a sequence-classification reward model: the oracle")
     reward_fn: Optional[str] = arg(None, "the oracle as a Python callable f(prompts, responses) -> list[float]: "
         "module:function or file.py:function")
     reward_batch_size: int = arg(16, "responses scored per reward-model forward")
-    max_prompt_length: Optional[int] = arg(None, "prompts are truncated from the left to this many tokens (default: "
-        "the context minus --max-new-tokens, ≤ 512)")
+    max_prompt_length: Optional[int] = arg(None, "prompts lose their beginning beyond this (default: the context minus "
+        "--max-new-tokens, ≤ 512)")
 
     # algorithm
-    design: Literal["dpo", "online-dpo", "sail-pr", "sail-pp", "sail-dp", "mix"] = arg("sail-pr", "which pairs and "
-        "labels are used; see the module docstring")
+    design: Literal[DESIGNS] = arg("sail-pr", "which pairs and labels are used; see the module docstring")
     loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "pairwise loss ℓ(Δ): dpo (sigmoid); ipo (squared, on "
         "summed log-probs: IPO Eq. 17 as written); ipo-token (squared, on per-token log-ratios: TRL's form); slic (the "
         "hinge max(0, 1 − βΔ) on the reference-normalized margin, TRL's hinge; not SLiC-HF's loss on raw log-probs)")
@@ -615,10 +598,9 @@ class Args:
     pr_fraction: Optional[float] = arg(None, "g: fraction of PR examples, sampled from the policy and labelled by the "
         f"oracle (default: {PAPER_FRACTIONS['pr']} in online-dpo and sail-pr, {MIX_SCALE} × that in mix)")
     pr_coef: float = arg(0.3, "γ: coefficient of the response term (2) on PR examples (0 for online-dpo)")
-    baseline: Literal["loo", "none"] = arg("loo", "baseline b of the response term: leave-one-out mean of ℓ over the "
-        "micro-batch, or none")
-    oracle_label: Literal["sample", "argmax"] = arg("sample", "oracle labels: a Bradley-Terry draw on the scores, or "
-        "the higher score (ties a coin flip)")
+    baseline: Literal["loo", "none"] = arg("loo", "baseline b of term (2): leave-one-out mean of ℓ, or none")
+    oracle_label: Literal["sample", "argmax"] = arg("sample", "a Bradley-Terry draw on the oracle's scores, or the "
+        "higher score (ties a coin flip)")
     self_labels: Optional[Literal["sample", "expect"]] = arg(None, "labels of DP and PP examples: sample (a "
         "Bradley-Terry draw from the implicit reward, the paper's) or expect (the closed-form expectation over the "
         f"label, no label noise; ALGORITHM.md §6b) (default: {SELF_LABELS_DEFAULT})")
@@ -647,10 +629,9 @@ class Args:
 
     # precision and memory
     device: Optional[str] = arg(None, "cuda, mps or cpu; None = the first available in that order")
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "autocast dtype: auto = bf16 on CUDA where supported, "
-        "else fp16 (with a GradScaler); fp32 elsewhere")
-    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (non-reentrant); generation "
-        "still uses the KV cache")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "autocast: auto = bf16 on CUDA (fp16 and a GradScaler "
+        "without bf16), fp32 elsewhere")
+    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (generation keeps its cache)")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -904,11 +885,9 @@ def load_policy(name: str, device):
 
 
 def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
-    """An oracle from a sequence-classification reward model with its own tokenizer (and chat template, if any).
-
-    Scores (prompt, response) in batches, without gradient, on the run's device and dtype. A prompt is a string or,
-    for conversational data, a list of {"role", "content"} messages.
-    """
+    """An oracle from a sequence-classification reward model with its own tokenizer (and chat template, if any): it
+    scores (prompt, response) in batches, without gradient, on the run's device and dtype; a prompt is a string or a
+    list of {"role", "content"} messages."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = from_pretrained(AutoTokenizer, name)
@@ -1125,11 +1104,9 @@ def read_preferences(source: str, tok, split: str = "train") -> list[dict]:
 
 
 def prepare_rows(rows: list[dict], tok, max_prompt_length: int, max_new_tokens: int) -> tuple[list[dict], dict]:
-    """Drop empty rows (empty/whitespace prompt, or a pair with an empty response), pairs whose chosen == rejected,
-    and exact duplicates (same prompt, chosen, rejected); count prompts longer than max_prompt_length tokens (they
-    are truncated from the left later, not dropped) and pairs with a response longer than max_new_tokens tokens with
-    its EOS (cut to that budget later). Returns the kept rows and the counts
-    {"rows": n_in, "empty": .., "identical": .., "duplicates": .., "long_prompts": .., "long_responses": ..}."""
+    """Drop empty rows (empty prompt, or a pair with an empty response), pairs whose chosen == rejected and exact
+    duplicates; count prompts longer than max_prompt_length tokens (cut from the left later) and pairs with a response
+    longer than max_new_tokens tokens with its EOS (cut to that budget later). Returns the kept rows and the counts."""
     counts = {"rows": len(rows), "empty": 0, "identical": 0, "duplicates": 0, "long_prompts": 0, "long_responses": 0}
     kept, seen = [], set()
     for r in rows:
@@ -1154,12 +1131,9 @@ def prepare_rows(rows: list[dict], tok, max_prompt_length: int, max_new_tokens: 
 
 
 def split_eval(rows: list[dict], eval_fraction: float, max_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out a random eval_fraction of the rows (at most max_eval, at least 1 when eval_fraction > 0 and there are
-    at least 2 rows) as evaluation prompts; deterministic given seed. Returns (train_rows, eval_rows).
-
-    Prompts, not rows, are held out: a prompt with several pairs goes wholly to one side (so the fraction is of
-    distinct prompts), and eval_rows has one row per held-out prompt. Both sides keep the input order.
-    """
+    """Hold out a random eval_fraction of the distinct prompts (at most max_eval, at least 1 when eval_fraction > 0
+    and there are 2 or more) for evaluation, deterministic given seed: a prompt with several pairs goes wholly to one
+    side. Returns (train_rows, eval_rows), eval_rows one row per held-out prompt, both in the input order."""
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))  # distinct, in first-seen order
     n_eval = 0
     if eval_fraction > 0 and len(prompts) >= 2:
@@ -1214,12 +1188,9 @@ def encode_responses(tok, texts: list[str], max_tokens: int) -> list[list[int]]:
 
 
 def join(prompt_ids, prompt_mask, responses: list[list[int]], pad_id: int):
-    """Stack each prompt with each of its responses into one sequence per row.
-
-    `responses` holds n responses per prompt as [all B firsts; all B seconds; ...] (n = 2 for pairs).
-    Returns input_ids and attention_mask, (nB, T), and response_mask, (nB, R): the response tokens among the last R
-    columns. Rows i, i + B, ... share prompt i.
-    """
+    """Stack each prompt with each of its responses into one sequence per row. `responses` holds n responses per
+    prompt as [all B firsts; all B seconds; ...]. Returns input_ids and attention_mask, (nB, T), and response_mask,
+    (nB, R): the response tokens among the last R columns. Rows i, i + B, ... share prompt i."""
     n = len(responses) // prompt_ids.shape[0]
     R = max(1, max(len(r) for r in responses))
     resp = torch.full((len(responses), R), pad_id, dtype=torch.long)
@@ -1312,11 +1283,10 @@ def prepare_output_dir(args: Args) -> Optional[str]:
 
 def choose_precision(args: Args, device: torch.device):
     """Autocast dtype for the run and a line saying why. Master weights stay fp32 in every case."""
+    if args.dtype == "auto" and device.type == "cuda":
+        return (torch.bfloat16, "bf16 autocast (supported by this GPU)") if torch.cuda.is_bf16_supported() else \
+            (torch.float16, "fp16 autocast with a GradScaler (this GPU has no bf16)")
     if args.dtype == "auto":
-        if device.type == "cuda":
-            bf16 = torch.cuda.is_bf16_supported()
-            return (torch.bfloat16, "bf16 autocast (supported by this GPU)") if bf16 else \
-                (torch.float16, "fp16 autocast with a GradScaler (this GPU has no bf16)")
         return torch.float32, f"fp32 (no autocast on {device.type})"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     return dtype, f"{args.dtype} (--dtype)"
@@ -1339,11 +1309,9 @@ def make_reference(policy, amp_dtype: torch.dtype):
 
 def enable_gradient_checkpointing(model):
     """Non-reentrant activation checkpointing (transformers 5 renamed gradient_checkpointing_enable)."""
-    kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def fit_context(args: Args, context: Optional[int]):
@@ -1380,21 +1348,19 @@ def setup_distributed(device: torch.device) -> torch.device:
 
 def make_reporter(args: Args) -> Callable[[dict], None]:
     """TensorBoard or Weights & Biases logging, only when asked for (and installed)."""
-    if args.report_to == "tensorboard":
-        try:
+    if args.report_to == "none":
+        return lambda m: None
+    try:
+        if args.report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise RunError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
-        writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
-        return lambda m: [writer.add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]
-    if args.report_to == "wandb":
-        try:
-            import wandb
-        except ImportError:
-            raise RunError("--report-to wandb needs the wandb package: pip install wandb") from None
+            writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
+            return lambda m: [writer.add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]
+        import wandb
         run = wandb.init(project="bilevel_rlhf", config=dataclasses.asdict(args), dir=args.output_dir)
         return lambda m: run.log(m, step=m["step"])
-    return lambda m: None
+    except ImportError:
+        raise RunError(f"--report-to {args.report_to} needs the {args.report_to} package: pip install "
+                       f"{args.report_to}") from None
 
 # --------------------------------------------------------------------------------------------------------------
 # Putting it together
