@@ -363,14 +363,12 @@ def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int, rank: i
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
           checkpoint_dir: Optional[str] = None, resume_from: Optional[str] = None,
           log: Callable[[dict], None] = lambda m: None) -> list[dict]:
-    """The SAIL training loop. Returns the metrics of every step (and of every evaluation).
+    """The SAIL training loop. Returns the metrics of every step (and of every evaluation). With a checkpoint_dir it
+    saves every --save-every steps and at the end; resume_from is a checkpoint to continue from.
 
-    With a checkpoint_dir it saves a checkpoint every --save-every steps and at the end; resume_from is a checkpoint
-    to continue from (policy weights, optimizer, schedule, GradScaler, step and random states).
-
-    Under torchrun each rank trains on its own share of every rollout (batch_size pairs, its own sampling seeds)
-    and DDP averages the gradients; the leave-one-out baseline is over the rank's own pairs. Rank 0 alone
-    evaluates, logs and saves.
+    Under torchrun each rank trains on its own share of every rollout (batch_size pairs, its own seeds) and DDP
+    averages the gradients; the leave-one-out baseline is over the rank's own pairs. Rank 0 alone evaluates, logs
+    and saves.
     """
     from transformers import get_scheduler
 
@@ -736,10 +734,8 @@ TASK_WORDS = sorted({"the", "was", "i", "it", "is", ".", *NOUNS, *SENTIMENT, *VE
 
 
 def sentence_score(words: list[str]) -> Optional[int]:
-    """Sentiment of one sentence (words before its '.') if it follows the grammar, else None.
-
-    S -> the NOUN (was|is) [ADV] ADJ | it was [ADV] ADJ | i VERB the NOUN
-    """
+    """Sentiment of one sentence (words before its '.') if it follows the grammar, else None:
+    S -> the NOUN (was|is) [ADV] ADJ | it was [ADV] ADJ | i VERB the NOUN"""
     if len(words) == 4 and words[0] == "i" and words[1] in VERBS and words[2] == "the" and words[3] in NOUNS:
         return VERBS[words[1]]
     if words[:2] == ["it", "was"]:
@@ -820,11 +816,8 @@ def supervised_finetune(model, tok, texts: list[str], steps: int, batch_size: in
 
 
 def build_embedded_task(args: Args, device):
-    """Tokenizer, SFT reference and offline preference pairs of the embedded task.
-
-    The task (corpus, reference model, preference pairs, eval prompts) uses a fixed seed, so runs with different
-    --seed values align the same reference on the same data.
-    """
+    """Tokenizer, SFT reference and offline preference pairs of the embedded task, from a fixed seed: runs with
+    different --seed values align the same reference on the same data."""
     rng = random.Random(1234)
     torch.manual_seed(1234)
     n_corpus, sft_steps, n_pairs = (800, 150, 256) if args.quick else (4000, 600, 1024)
@@ -857,8 +850,7 @@ def build_embedded_task(args: Args, device):
 # Loading a real model, tokenizer and oracle. Every problem with the user's input becomes a RunError.
 
 class RunError(Exception):
-    """A problem the user can fix (bad input, incompatible flags, a diverged run): reported without a traceback,
-    exit code 2."""
+    """A problem the user can fix (bad input, flags, a diverged run): one line, no traceback, exit code 2."""
 
 
 def from_pretrained(auto_class, name: str, **kwargs):
@@ -963,9 +955,8 @@ ASSISTANT_TAG = "\n\nAssistant:"  # Anthropic HH-RLHF transcripts: "\n\nHuman: .
 
 
 def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
-    """Raw rows, each with where it came from ("file.jsonl:LINE"), from a .jsonl file (one JSON object per line;
-    blank lines skipped), a .json file (a top-level list of objects), or — when `source` is not an existing path — a
-    hub dataset id loaded with `datasets.load_dataset(source, split=split)` (imported only then)."""
+    """Raw rows with where each came from ("file.jsonl:LINE"), from a .jsonl file (one JSON object per line), a .json
+    file (a list of objects), or a hub dataset id (`datasets.load_dataset(source, split=split)`, imported only then)."""
     if os.path.isfile(source):
         with open(source, "rb") as f:
             raw = f.read()
