@@ -23,8 +23,8 @@ $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
 	$(PY) -m pip install -r benchmarks/requirements.txt -c constraints.txt
 	touch $@
 
-compare: $(VENV)/.bench-installed  # every design and the ablations on the embedded task (ARGS=--quick: ~4 min)
-	$(PY) benchmarks/compare.py $(ARGS)
+compare: $(VENV)/.bench-installed  # every design and the ablations on the embedded task, 3 seeds (ARGS=--quick: 1 seed, a smaller task)
+	$(PY) benchmarks/compare.py --jobs 2 $(ARGS)
 
 bench: $(VENV)/.bench-installed  # side by side with TRL's OnlineDPOTrainer (ARGS=--quick for a smoke run)
 	$(PY) benchmarks/bench_trl.py $(ARGS)

@@ -5,7 +5,7 @@ pairs per step, so budgets match: steps × batch size preference pairs per run. 
 oracle for labels of their own samples (counted in the `oracle labels` column). Each run is evaluated every
 --eval-every steps on the same held-out prompts; the points along training give one curve per method.
 
-    python benchmarks/compare.py              # the full comparison (3 seeds; about 27 minutes on 2 CPU cores)
+    python benchmarks/compare.py --jobs 2     # the full comparison (3 seeds; about an hour on 2 CPU cores)
     python benchmarks/compare.py --quick      # a smaller task, 1 seed, fewer steps (about 4 minutes)
 
 Writes benchmarks/results/compare[_quick].{json,md,png} (the plot only when matplotlib is installed).
@@ -42,7 +42,6 @@ METHODS = {
 LAMBDAS = (0.0, 0.01, 0.1, 1.0)  # the RevKL sweep
 ABLATIONS = {
     "ipo-token": {"design": "dpo", "loss": "ipo-token"},
-    "sail-pr γ=0": {"design": "sail-pr", "pr_coef": 0.0},  # online-dpo with sail-pr's default RevKL
     "sail-pr γ=1": {"design": "sail-pr", "pr_coef": 1.0},
     "sail-pp c=0": {"design": "sail-pp", "pp_coef": 0.0},
     "sail-pp c=1": {"design": "sail-pp", "pp_coef": 1.0},
@@ -52,7 +51,8 @@ ABLATIONS = {
     "online-dpo T=0.9": {"design": "online-dpo", "temperature": 0.9},
     **{f"{d} {mode} labels": {"design": d, "self_labels": mode} for d in ("sail-pp", "sail-dp", "mix")
        for mode in ("sample", "expect")},
-    **{f"{d} λ={lam:g}": {"design": d, "revkl_coef": lam} for d in ("sail-pr", "sail-pp", "mix") for lam in LAMBDAS},
+    **{f"{d} λ={lam:g}": {"design": d, "revkl_coef": lam} for d in ("sail-pr", "sail-pp", "sail-dp", "mix")
+       for lam in LAMBDAS},
     "mix r,p,g=0.4,0.3,0.3": {"design": "mix", "dp_fraction": 0.4, "pp_fraction": 0.3, "pr_fraction": 0.3},
     "mix r,p,g=0.24,0.18,0.18": {"design": "mix", "dp_fraction": 0.24, "pp_fraction": 0.18, "pr_fraction": 0.18},
 }
