@@ -60,7 +60,9 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
@@ -475,9 +477,12 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
             policy.train()
         history.append(metrics)
         log(metrics)
+        stop = stop_requested(device) and step + 1 < args.steps  # SIGTERM on any rank: save this step, then stop
         if rank == 0 and checkpoint_dir and ((args.save_every and (step + 1) % args.save_every == 0)
-                                             or step + 1 == args.steps):
+                                             or step + 1 == args.steps or stop):
             save_checkpoint(checkpoint_dir, step + 1, policy, tok, opt, scheduler, scaler, args.keep_last)
+        if stop:
+            stop_after_checkpoint(step + 1)
         progress.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
                               ("loss", "rewards/margins", "eval/gold/reward") if k in metrics})
     return history
@@ -1421,7 +1426,7 @@ def make_reporter(args: Args) -> Callable[[dict], None]:
     return lambda m: None
 
 # --------------------------------------------------------------------------------------------------------------
-# LoRA adapters
+# LoRA adapters, and stopping on SIGTERM
 
 def add_lora(policy, args: Args):
     """The policy with LoRA adapters (peft), the only trainable parameters. The optimizer may still be given all of
@@ -1464,6 +1469,31 @@ class AdaptersOff:
     def generate(self, **kwargs):
         with self.model.disable_adapter():
             return self.model.generate(**kwargs, disable_compile=True)
+
+
+SIGTERM = threading.Event()  # set by the handler that cli installs: a scheduler preempting the job sends SIGTERM
+
+
+class Preempted(Exception):
+    """The run stopped after a step because of SIGTERM, with a checkpoint of that step."""
+
+
+def stop_requested(device) -> bool:
+    """Whether any rank has received SIGTERM, the same answer on every rank (an all-reduce of the flag): the signal
+    may reach the ranks at different times, and a rank that stopped alone would leave the others in a collective."""
+    flag = torch.tensor([float(SIGTERM.is_set())], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag)
+
+
+def stop_after_checkpoint(step: int):
+    """Raise Preempted once rank 0 has saved this step: the other ranks wait for it (a rank that exits has torchrun
+    terminate the rest)."""
+    if dist.is_initialized():
+        dist.barrier()
+    raise Preempted(f"stopped by SIGTERM after step {step}; run the same command again to continue from "
+                    f"checkpoint-{step:07d}")
 
 # --------------------------------------------------------------------------------------------------------------
 # Putting it together
@@ -1563,14 +1593,20 @@ def main(argv=None) -> dict:
 
 def cli(argv=None) -> int:
     """The command line: a RunError is printed as one line on stderr, exit code 2, no traceback."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: SIGTERM.set())  # acted on after the current step
     try:
         main(argv)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(e)
+        return 128 + signal.SIGTERM  # 143, the shell's code for a process that SIGTERM ended: the run is unfinished
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        signal.signal(signal.SIGTERM, previous)
+        SIGTERM.clear()
     return 0
 
 

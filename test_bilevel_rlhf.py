@@ -1200,14 +1200,14 @@ def install_harness(monkeypatch):
     namespace["install"](monkeypatch.setattr)
 
 
-def torchrun(tmp_path, nproc, flags, wait=True, env=None):
+def torchrun(tmp_path, nproc, flags, wait=True, env=None, stdout=subprocess.DEVNULL):
     script = tmp_path / "torchrun_cli.py"
     script.write_text(TORCHRUN_SCRIPT.format(here=HERE, harness=HARNESS))
     env = {**os.environ, "WEIGHTS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script),
            *map(str, flags)]
     if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.DEVNULL)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -1345,10 +1345,19 @@ def test_two_ranks_of_batch_b_average_the_gradient_of_one_rank_of_batch_2b(tiny_
     assert not too_far, too_far
 
 
-def test_torchrun_resumes_after_a_kill_with_the_same_world_size(tiny_files, tmp_path, capsys):
-    flags = tiny_flags(tiny_files, tmp_path / "full", "--design", "mix", "--batch-size", 2, "--steps", 8,
+@pytest.fixture(scope="module")
+def torchrun_full_run(tiny_files, tmp_path_factory):
+    """A 2-rank run that nothing interrupts, for the tests that stop one and continue it: its flags and its folder."""
+    root = tmp_path_factory.mktemp("torchrun_full")
+    flags = tiny_flags(tiny_files, root / "full", "--design", "mix", "--batch-size", 2, "--steps", 8,
                        "--save-every", 2)
-    assert torchrun(tmp_path, 2, flags).returncode == 0
+    result = torchrun(root, 2, flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return flags, root / "full"
+
+
+def test_torchrun_resumes_after_a_kill_with_the_same_world_size(torchrun_full_run, tmp_path, capsys):
+    flags, full_dir = list(torchrun_full_run[0]), torchrun_full_run[1]
 
     # Kill -9 every process while rank 0 is held before its second checkpoint: steps 3 and 4 are done (and logged)
     # but not saved, so the resumed run must drop them and redo them from checkpoint-0000002. The hold, not the
@@ -1374,13 +1383,13 @@ def test_torchrun_resumes_after_a_kill_with_the_same_world_size(tiny_files, tmp_
     resumed = torchrun(tmp_path, 2, flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
-    full, again = weights(tmp_path / "full"), weights(killed)
+    full, again = weights(full_dir), weights(killed)
     assert all(torch.equal(full[k], again[k]) for k in full)
     assert [json.loads(line)["step"] for line in open(killed / "metrics.jsonl")] == list(range(1, 9))
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 10. LoRA adapters (--lora-r)
+# 10. LoRA adapters (--lora-r) and preemption (SIGTERM)
 
 def lora_policy(r=4):
     """The tiny GPT-2 of tiny_model(seed=123) with LoRA adapters on every linear layer, and the same model without."""
@@ -1516,3 +1525,64 @@ def test_lora_without_peft_is_one_line(tiny_files, tmp_path, capsys, monkeypatch
     code, _, err = run_in_process(tiny_flags(tiny_files, tmp_path / "run", "--lora-r", 4), capsys)
     assert code == 2 and err.strip().splitlines()[-1] == "error: --lora-r needs the peft package: pip install peft"
 
+
+def stopped_by_sigterm(out, stdout: str, steps: int) -> int:
+    """Check a run that SIGTERM stopped: one checkpoint, of the last step it logged, and the message; the step."""
+    logged = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
+    assert 1 <= len(logged) < steps and logged == list(range(1, len(logged) + 1))
+    assert f"checkpoint-{len(logged):07d}" in [p.name for p in out.glob("checkpoint-*")]
+    assert (f"stopped by SIGTERM after step {len(logged)}; run the same command again to continue from "
+            f"checkpoint-{len(logged):07d}") in stdout
+    return len(logged)
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_same_command_continues_bitwise(tiny_files, tmp_path):
+    flags = tiny_flags(tiny_files, tmp_path / "full", "--design", "mix", "--steps", 6)
+    assert run_cli(*flags).returncode == 0
+
+    stopped = tmp_path / "stopped"
+    flags[flags.index("--output-dir") + 1] = str(stopped)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "bilevel_rlhf.py"), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (stopped / "metrics.jsonl").exists():  # written once the handler is in place, before step 1
+        assert proc.poll() is None, "the run ended before it could be signalled"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    step = stopped_by_sigterm(stopped, stdout, 6)
+    assert sorted(p.name for p in stopped.glob("checkpoint-*")) == [f"checkpoint-{step:07d}"]
+
+    resumed = run_cli(*flags)  # the same command continues
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-3000:]
+    full, again = weights(tmp_path / "full"), weights(stopped)
+    assert all(torch.equal(full[k], again[k]) for k in full)
+    assert [json.loads(line)["step"] for line in open(stopped / "metrics.jsonl")] == list(range(1, 7))
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(torchrun_full_run, tmp_path):
+    # Only rank 1 gets the signal: rank 0 learns of it in the all-reduce at the end of the step, saves, and both
+    # exit. A rank that stopped alone would leave the other waiting in the next step's gradient all-reduce.
+    flags, full_dir = list(torchrun_full_run[0]), torchrun_full_run[1]
+    stopped = tmp_path / "stopped"
+    flags[flags.index("--output-dir") + 1] = str(stopped)
+    with open(tmp_path / "stdout", "w") as log:
+        proc = torchrun(tmp_path, 2, flags, wait=False, stdout=log)
+    try:
+        deadline = time.monotonic() + 600
+        while not (stopped / "metrics.jsonl").exists():  # rank 0 writes it after both ranks installed the handler
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended or hung before step 1"
+            time.sleep(0.05)
+        rank1 = [p for p in process_tree(proc.pid) if b"RANK=1" in open(f"/proc/{p}/environ", "rb").read().split(b"\0")]
+        assert len(rank1) == 1
+        os.kill(rank1[0], signal.SIGTERM)
+        assert proc.wait(timeout=300) != 0  # torchrun reports its workers' exit code 143 as a failure
+    finally:  # also when a wait fails: a rank left in a collective would wait forever
+        kill_tree(proc)
+    stopped_by_sigterm(stopped, open(tmp_path / "stdout").read(), 8)
+
+    resumed = torchrun(tmp_path, 2, flags)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-3000:]
+    full, again = weights(full_dir), weights(stopped)
+    assert all(torch.equal(full[k], again[k]) for k in full)
+    assert [json.loads(line)["step"] for line in open(stopped / "metrics.jsonl")] == list(range(1, 9))
