@@ -60,7 +60,9 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
@@ -505,9 +507,12 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
             policy.train()
         history.append(metrics)
         log(metrics)
+        stop = stop_requested(device) and step + 1 < args.steps  # SIGTERM on any rank: save this step, then stop
         if rank == 0 and checkpoint_dir and ((args.save_every and (step + 1) % args.save_every == 0)
-                                             or step + 1 == args.steps):
+                                             or step + 1 == args.steps or stop):
             save_checkpoint(checkpoint_dir, step + 1, policy, tok, opt, scheduler, scaler, args.keep_last)
+        if stop:
+            stop_after_checkpoint(step + 1)
         progress.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
                               ("loss", "rewards/margins", "eval/gold/reward") if k in metrics})
     return history
@@ -625,6 +630,15 @@ class Args:
     batch_size: int = arg(16, "pairs per micro-batch (one rollout)")
     grad_accum: int = arg(1, "micro-batches per optimizer step")
 
+    # LoRA adapters (with the peft package, imported only then)
+    lora_r: int = arg(0, "rank of LoRA adapters; 0 = off (every weight trains). With adapters only they train, and "
+        "pi_ref is the same model with them switched off: no second copy of the weights")
+    lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight")
+    lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05); the labelers and the bilevel "
+        "terms reuse the training forward, which it makes random (the rest of the model runs without dropout)")
+    lora_target_modules: str = arg("all-linear", "modules that get adapters: all-linear (every linear layer but the "
+        "output head) or comma-separated names, e.g. q_proj,k_proj,v_proj,o_proj,up_proj,gate_proj,down_proj")
+
     # precision and memory
     device: Optional[str] = arg(None, "cuda, mps or cpu; None = the first available in that order")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "autocast: auto = bf16 on CUDA (fp16 and a GradScaler "
@@ -715,6 +729,8 @@ def validate(args: Args) -> Args:
         raise ValueError("--resume and --overwrite contradict each other")
     if not 0.0 <= args.eval_fraction < 1.0:
         raise ValueError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")
+    if args.lora_r < 0 or not 0.0 <= args.lora_dropout < 1.0:
+        raise ValueError(f"--lora-r must be >= 0 and --lora-dropout in [0, 1), got {args.lora_r}, {args.lora_dropout}")
     return args
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1230,7 +1246,11 @@ def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
     if state.get("world_size", 1) != world:  # each rank's share of the data depends on the world size
         raise RunError(f"{path} was written by a run with {state.get('world_size', 1)} process(es); resume it with "
                        f"the same number (this run has {world}), or start over with --overwrite")
-    policy.load_state_dict(type(policy).from_pretrained(path, dtype=torch.float32).state_dict())
+    if hasattr(policy, "peft_config"):  # LoRA: save_pretrained wrote the adapter only
+        from peft import load_peft_weights, set_peft_model_state_dict
+        set_peft_model_state_dict(policy, load_peft_weights(path))
+    else:
+        policy.load_state_dict(type(policy).from_pretrained(path, dtype=torch.float32).state_dict())
     opt.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
@@ -1354,6 +1374,76 @@ def make_reporter(args: Args) -> Callable[[dict], None]:
                        f"{args.report_to}") from None
 
 # --------------------------------------------------------------------------------------------------------------
+# LoRA adapters, and stopping on SIGTERM
+
+def add_lora(policy, args: Args):
+    """The policy with LoRA adapters (peft), the only trainable parameters. The optimizer may still be given all of
+    policy.parameters(): it skips a parameter whose .grad is None (torch.optim's zero_grad docs), with no state."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise RunError("--lora-r needs the peft package: pip install peft") from None
+    targets = args.lora_target_modules
+    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                        target_modules=targets if targets == "all-linear" else targets.split(","))
+    try:
+        policy = get_peft_model(policy, config)
+    except ValueError as e:  # no module of the model matches
+        raise RunError(f"--lora-target-modules {targets}: {e}") from None
+    n_train, n_all = policy.get_nb_trainable_parameters()
+    print(f"LoRA adapters (r {args.lora_r}, alpha {args.lora_alpha}): {n_train / 1e6:.2f}M of {n_all / 1e6:.2f}M "
+          "parameters train")
+    return policy
+
+
+class AdaptersOff:
+    """pi_ref of a LoRA run: the policy itself with its adapters switched off, so no second copy of the weights.
+
+    A plain object, not a module: it is in no state_dict, optimizer or DDP, and it calls the bare policy (never DDP's
+    wrapper), without gradient. NOTE: peft's torch.compile guide lists disable_adapter() among the features that
+    give wrong outputs under torch.compile, without an error: this generate() never compiles, and no forward here is
+    compiled."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):  # training, train(), eval(), parameters(): the policy's
+        return getattr(self.model, name)
+
+    def __call__(self, **kwargs):
+        with torch.no_grad(), self.model.disable_adapter():
+            return self.model(**kwargs)
+
+    def generate(self, **kwargs):
+        with self.model.disable_adapter():
+            return self.model.generate(**kwargs, disable_compile=True)
+
+
+SIGTERM = threading.Event()  # set by the handler that cli installs: a scheduler preempting the job sends SIGTERM
+
+
+class Preempted(Exception):
+    """The run stopped after a step because of SIGTERM, with a checkpoint of that step."""
+
+
+def stop_requested(device) -> bool:
+    """Whether any rank has received SIGTERM, the same answer on every rank (an all-reduce of the flag): the signal
+    may reach the ranks at different times, and a rank that stopped alone would leave the others in a collective."""
+    flag = torch.tensor([float(SIGTERM.is_set())], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag)
+
+
+def stop_after_checkpoint(step: int):
+    """Raise Preempted once rank 0 has saved this step: the other ranks wait for it (a rank that exits has torchrun
+    terminate the rest)."""
+    if dist.is_initialized():
+        dist.barrier()
+    raise Preempted(f"stopped by SIGTERM after step {step}; run the same command again to continue from "
+                    f"checkpoint-{step:07d}")
+
+# --------------------------------------------------------------------------------------------------------------
 # Putting it together
 
 def main(argv=None) -> dict:
@@ -1388,10 +1478,12 @@ def main(argv=None) -> dict:
     for m in policy.modules():  # no dropout: the labelers reuse the training forward (as TRL's DPO does)
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+    if args.lora_r:  # after the loop above, so that --lora-dropout holds
+        policy = add_lora(policy, args)
     if world > 1:  # every rank starts from rank 0's weights (the embedded task is built on each rank)
         for t in policy.state_dict().values():
             dist.broadcast(t, src=0)
-    ref = make_reference(policy, amp_dtype)
+    ref = AdaptersOff(policy) if args.lora_r else make_reference(policy, amp_dtype)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     n_params = sum(p.numel() for p in policy.parameters())
@@ -1436,6 +1528,9 @@ def main(argv=None) -> dict:
     print(f"\n{'':24s}" + "".join(f"{k:>16s}" for k in keys))
     for name, m in (("reference", before), (f"aligned ({args.design})", after)):
         print(f"{name:24s}" + "".join(f"{m[k]:16.3f}" for k in keys))
+    if args.lora_r:  # the adapter in adapter/, and at the top the merged model, which loads without peft
+        policy.save_pretrained(os.path.join(args.output_dir, "adapter"))
+        policy = policy.merge_and_unload()
     policy.save_pretrained(args.output_dir)
     tok.save_pretrained(args.output_dir)
     checkpoints = ", ".join(os.path.basename(c) for c in list_checkpoints(args.output_dir))
@@ -1446,14 +1541,20 @@ def main(argv=None) -> dict:
 
 def cli(argv=None) -> int:
     """The command line: a RunError is printed as one line on stderr, exit code 2, no traceback."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: SIGTERM.set())  # acted on after the current step
     try:
         main(argv)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(e)
+        return 128 + signal.SIGTERM  # 143, the shell's code for a process that SIGTERM ended: the run is unfinished
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        signal.signal(signal.SIGTERM, previous)
+        SIGTERM.clear()
     return 0
 
 

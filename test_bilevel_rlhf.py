@@ -693,6 +693,7 @@ def test_help_documents_every_flag():
     (["--loss", "nope"], "invalid choice"),
     (["--beta", "0"], "--beta"),
     (["--dtype", "fp16", "--device", "cpu"], "needs a CUDA device"),
+    (["--lora-r", "-1"], "--lora-r must be >= 0"),
 ])
 def test_bad_flags_exit_2_with_a_message(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -1160,6 +1161,7 @@ GOOD = {"prompt": "the plot", "chosen": "was great .", "rejected": "was dull ."}
     ("prompt-only with sail-pp", "only a prompt"),
     ("online without oracle", "--reward-model or --reward-fn"),
     ("bad reward fn", "has no function"),
+    ("LoRA target that the model lacks", "--lora-target-modules nope"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_code_2(case, message, tiny_files, tmp_path, capsys):
     rows = [{**GOOD, "chosen": f"was great . it was {w} ."} for w in br.POSITIVE]
@@ -1186,6 +1188,8 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(case, message, tiny_files, 
     elif case == "bad reward fn":
         (tmp_path / "reward.py").write_text("def score(prompts, responses):\n    return [0.0] * len(responses)\n")
         flags.update({"--design": "sail-pr", "--reward-fn": f"{tmp_path / 'reward.py'}:nope"})
+    elif case == "LoRA target that the model lacks":
+        flags.update({"--lora-r": "4", "--lora-target-modules": "nope"})
     write_jsonl(data, rows)
     code, _, err = run_in_process([x for kv in flags.items() for x in kv], capsys)
     assert code == 2, err
@@ -1332,14 +1336,14 @@ def install_harness(monkeypatch):
     namespace["install"](monkeypatch.setattr)
 
 
-def torchrun(tmp_path, nproc, flags, wait=True, env=None):
+def torchrun(tmp_path, nproc, flags, wait=True, env=None, stdout=subprocess.DEVNULL):
     script = tmp_path / "torchrun_cli.py"
     script.write_text(TORCHRUN_SCRIPT.format(here=HERE, harness=HARNESS))
     env = {**os.environ, "WEIGHTS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script),
            *map(str, flags)]
     if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.DEVNULL)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -1477,10 +1481,19 @@ def test_two_ranks_of_batch_b_average_the_gradient_of_one_rank_of_batch_2b(tiny_
     assert not too_far, too_far
 
 
-def test_torchrun_resumes_after_a_kill_with_the_same_world_size(tiny_files, tmp_path, capsys):
-    flags = tiny_flags(tiny_files, tmp_path / "full", "--design", "mix", "--batch-size", 2, "--steps", 8,
+@pytest.fixture(scope="module")
+def torchrun_full_run(tiny_files, tmp_path_factory):
+    """A 2-rank run that nothing interrupts, for the tests that stop one and continue it: its flags and its folder."""
+    root = tmp_path_factory.mktemp("torchrun_full")
+    flags = tiny_flags(tiny_files, root / "full", "--design", "mix", "--batch-size", 2, "--steps", 8,
                        "--save-every", 2)
-    assert torchrun(tmp_path, 2, flags).returncode == 0
+    result = torchrun(root, 2, flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return flags, root / "full"
+
+
+def test_torchrun_resumes_after_a_kill_with_the_same_world_size(torchrun_full_run, tmp_path, capsys):
+    flags, full_dir = list(torchrun_full_run[0]), torchrun_full_run[1]
 
     # Kill -9 every process while rank 0 is held before its second checkpoint: steps 3 and 4 are done (and logged)
     # but not saved, so the resumed run must drop them and redo them from checkpoint-0000002. The hold, not the
@@ -1506,6 +1519,206 @@ def test_torchrun_resumes_after_a_kill_with_the_same_world_size(tiny_files, tmp_
     resumed = torchrun(tmp_path, 2, flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
-    full, again = weights(tmp_path / "full"), weights(killed)
+    full, again = weights(full_dir), weights(killed)
     assert all(torch.equal(full[k], again[k]) for k in full)
     assert [json.loads(line)["step"] for line in open(killed / "metrics.jsonl")] == list(range(1, 9))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 10. LoRA adapters (--lora-r) and preemption (SIGTERM)
+
+def lora_policy(r=4):
+    """The tiny GPT-2 of tiny_model(seed=123) with LoRA adapters on every linear layer, and the same model without."""
+    model, tok = tiny_model(seed=123)
+    base, _ = tiny_model(seed=123)
+    return br.add_lora(model, br.validate(br.Args(lora_r=r, output_dir="unused"))), base, tok
+
+
+def some_sequences(tok):
+    responses = [encode(tok, "was great .", True), encode(tok, "great . i", False), encode(tok, "was dull .", True)]
+    return br.join(*br.encode_prompts(tok, ["the plot", "i loved the film . it was", "it"], 64, "cpu"), responses,
+                   tok.pad_token_id)
+
+
+def test_lora_trains_only_the_adapters_and_its_reference_is_the_base_model():
+    policy, base, tok = lora_policy()
+    ref = br.AdaptersOff(policy)
+    args = br.validate(br.Args(design="mix", steps=3, batch_size=8, warmup_steps=1, max_new_tokens=8, eval_every=2,
+                               eval_prompts=2, output_dir="unused", lora_r=4))  # mix: every source, and RevKL
+    br.train(args, policy, ref, tok, toy_rows(), br.gold_reward, eval_rows("the plot", "it"))
+    original = base.state_dict()
+    for name, p in policy.named_parameters():
+        if "lora_" in name:
+            assert p.requires_grad and ("lora_A" in name or p.abs().max() > 0)  # lora_B starts at zero: it trained
+        else:  # the frozen weights are bitwise the base model's
+            assert not p.requires_grad
+            assert torch.equal(p, original[name.replace("base_model.model.", "").replace("base_layer.", "")]), name
+
+    # pi_ref is the base model: the same operations on the same weights, so bitwise the same log-softmax and samples
+    # (the policy, adapters on, is another model)
+    seqs = some_sequences(tok)
+    policy.train()  # as in the training loop
+    assert torch.equal(br.reference_logprobs(ref, *seqs), br.reference_logprobs(base, *seqs))
+    with torch.no_grad():
+        assert (br.sequence_logps(policy, *seqs) - br.sequence_logps(base, *seqs)).abs().max() > 1e-3
+    prompts = br.encode_prompts(tok, ["the plot", "it"], 64, "cpu")
+    assert br.sample(ref, tok, *prompts, n=2, seed=0, args=args) == br.sample(base, tok, *prompts, n=2, seed=0,
+                                                                               args=args)
+    assert policy.training and all(p.requires_grad == ("lora_" in n) for n, p in policy.named_parameters())
+
+
+def test_lora_adapters_get_the_same_gradient_with_gradient_checkpointing():
+    # With reentrant checkpointing, a block whose inputs need no gradient (the embeddings are frozen) passes none to
+    # the adapters inside it: "element 0 of tensors does not require grad" (TRL #2671). The checkpointing used here
+    # is non-reentrant, and transformers also makes the embeddings' output require grad when it turns checkpointing
+    # on; recomputing runs the same operations, so the gradient is bitwise the one without checkpointing.
+    grads = []
+    for checkpointing in (False, True):
+        policy, _, tok = lora_policy()
+        with torch.no_grad():  # lora_B starts at zero, which makes lora_A's gradient zero
+            for name, p in policy.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.1, generator=torch.Generator().manual_seed(0))
+        if checkpointing:
+            br.enable_gradient_checkpointing(policy)
+        policy.train()
+        br.sequence_logps(policy, *some_sequences(tok)).sum().backward()
+        grads.append({n: p.grad for n, p in policy.named_parameters() if p.requires_grad})
+        assert all(p.grad is None for p in policy.parameters() if not p.requires_grad)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 16  # 2 layers x 4 linear layers x (A, B)
+    assert all(g is not None and g.abs().max() > 0 for g in grads[1].values())
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
+def test_torchrun_with_lora_adapters_keeps_the_ranks_identical(tiny_files, tmp_path):
+    # DDP wraps the PeftModel; pi_ref's forwards (adapters off) call the bare model, outside DDP's hooks, with
+    # gradient accumulation (no sync on the first micro-step) and gradient checkpointing
+    out = tmp_path / "run"
+    result = torchrun(tmp_path, 2, tiny_flags(tiny_files, out, "--design", "mix", "--batch-size", 2, "--grad-accum",
+                                              2, "--gradient-checkpointing", "--lora-r", 4))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    original = weights(tiny_files / "policy")
+    for name, value in rank0.items():
+        if "lora_B" in name:
+            assert value.abs().max() > 0, name  # it trained
+        elif "lora_" not in name:
+            assert torch.equal(value, original[name.replace("base_model.model.", "").replace("base_layer.", "")])
+
+
+def adapter_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_lora_run_resumes_bitwise_and_saves_the_adapter_and_a_merged_model(tiny_files, tmp_path, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    flags = tiny_flags(tiny_files, tmp_path / "full", "--design", "mix", "--steps", 6, "--save-every", 2,
+                       "--eval-every", 1, "--lora-r", 4, "--lora-alpha", 8, "--lr", 1e-2)
+    result = run_cli(*flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LoRA adapters (r 4, alpha 8.0): 0.01M of 0.12M parameters train" in result.stdout
+    full = tmp_path / "full"
+    assert os.listdir(full / "checkpoint-0000006").count("model.safetensors") == 0  # the adapter, not the model
+
+    killed = tmp_path / "killed"
+    flags[flags.index("--output-dir") + 1] = str(killed)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "bilevel_rlhf.py"), *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (killed / "checkpoint-0000002").exists():  # kill -9 right after the first checkpoint
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoint-0000006").exists()
+    resumed = run_cli(*flags)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-3000:]
+    a, b = adapter_weights(full / "adapter"), adapter_weights(killed / "adapter")
+    assert a.keys() == b.keys() and len(a) == 16 and all(torch.equal(a[k], b[k]) for k in a)
+
+    # The merged model gives the adapter model's log-probs, up to rounding: merging rounds each weight once more, and
+    # W x + (alpha/r) B (A x) and (W + (alpha/r) B A) x round differently, each logit by a few EPS32 of its O(1)
+    # size; a sequence's log-prob sums ~4 tokens' log-softmax over 42 logits, of size ~15: a few ulps there (2e-6
+    # each) is ~1e-5. Merging with a wrong scale or sign would move it by the adapters' whole effect, 1e-2 or more.
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_files / "policy"), full / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny_files / "policy")
+    monkeypatch.setitem(sys.modules, "peft", None)  # the merged model loads without peft
+    merged = AutoModelForCausalLM.from_pretrained(full)
+    seqs = some_sequences(br.build_tokenizer())
+    with torch.no_grad():
+        logps = {name: br.sequence_logps(m.eval(), *seqs) for name, m in
+                 (("adapted", adapted), ("merged", merged), ("base", base))}
+    assert (logps["adapted"] - logps["base"]).abs().max() > 1e-2
+    torch.testing.assert_close(logps["merged"], logps["adapted"], rtol=0, atol=1e-5)
+
+
+def test_lora_without_peft_is_one_line(tiny_files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft raises ImportError
+    code, _, err = run_in_process(tiny_flags(tiny_files, tmp_path / "run", "--lora-r", 4), capsys)
+    assert code == 2 and err.strip().splitlines()[-1] == "error: --lora-r needs the peft package: pip install peft"
+
+
+def stopped_by_sigterm(out, stdout: str, steps: int) -> int:
+    """Check a run that SIGTERM stopped: one checkpoint, of the last step it logged, and the message; the step."""
+    logged = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
+    assert 1 <= len(logged) < steps and logged == list(range(1, len(logged) + 1))
+    assert f"checkpoint-{len(logged):07d}" in [p.name for p in out.glob("checkpoint-*")]
+    assert (f"stopped by SIGTERM after step {len(logged)}; run the same command again to continue from "
+            f"checkpoint-{len(logged):07d}") in stdout
+    return len(logged)
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_same_command_continues_bitwise(tiny_files, tmp_path):
+    flags = tiny_flags(tiny_files, tmp_path / "full", "--design", "mix", "--steps", 6)
+    assert run_cli(*flags).returncode == 0
+
+    stopped = tmp_path / "stopped"
+    flags[flags.index("--output-dir") + 1] = str(stopped)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "bilevel_rlhf.py"), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (stopped / "metrics.jsonl").exists():  # written once the handler is in place, before step 1
+        assert proc.poll() is None, "the run ended before it could be signalled"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    step = stopped_by_sigterm(stopped, stdout, 6)
+    assert sorted(p.name for p in stopped.glob("checkpoint-*")) == [f"checkpoint-{step:07d}"]
+
+    resumed = run_cli(*flags)  # the same command continues
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-3000:]
+    full, again = weights(tmp_path / "full"), weights(stopped)
+    assert all(torch.equal(full[k], again[k]) for k in full)
+    assert [json.loads(line)["step"] for line in open(stopped / "metrics.jsonl")] == list(range(1, 7))
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(torchrun_full_run, tmp_path):
+    # Only rank 1 gets the signal: rank 0 learns of it in the all-reduce at the end of the step, saves, and both
+    # exit. A rank that stopped alone would leave the other waiting in the next step's gradient all-reduce.
+    flags, full_dir = list(torchrun_full_run[0]), torchrun_full_run[1]
+    stopped = tmp_path / "stopped"
+    flags[flags.index("--output-dir") + 1] = str(stopped)
+    with open(tmp_path / "stdout", "w") as log:
+        proc = torchrun(tmp_path, 2, flags, wait=False, stdout=log)
+    try:
+        deadline = time.monotonic() + 600
+        while not (stopped / "metrics.jsonl").exists():  # rank 0 writes it after both ranks installed the handler
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended or hung before step 1"
+            time.sleep(0.05)
+        rank1 = [p for p in process_tree(proc.pid) if b"RANK=1" in open(f"/proc/{p}/environ", "rb").read().split(b"\0")]
+        assert len(rank1) == 1
+        os.kill(rank1[0], signal.SIGTERM)
+        assert proc.wait(timeout=300) != 0  # torchrun reports its workers' exit code 143 as a failure
+    finally:  # also when a wait fails: a rank left in a collective would wait forever
+        kill_tree(proc)
+    stopped_by_sigterm(stopped, open(tmp_path / "stdout").read(), 8)
+
+    resumed = torchrun(tmp_path, 2, flags)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-3000:]
+    full, again = weights(full_dir), weights(stopped)
+    assert all(torch.equal(full[k], again[k]) for k in full)
+    assert [json.loads(line)["step"] for line in open(stopped / "metrics.jsonl")] == list(range(1, 9))
