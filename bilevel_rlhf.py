@@ -80,10 +80,10 @@ from tqdm.auto import tqdm
 DESIGNS = ("dpo", "online-dpo", "sail-pr", "sail-pp", "sail-dp", "mix")
 SOURCES = ("offline", "dp", "pp", "pr")  # where an example's pair and label come from (ALGORITHM.md §4)
 OFFLINE, DP, PP, PR = range(4)
-REVKL_DEFAULTS = {"sail-pr": 0.1, "sail-pp": 0.3, "sail-dp": 0.3, "mix": 0.3}  # --revkl-coef λ by design
+REVKL_DEFAULTS = {"sail-pp": 0.1, "sail-dp": 0.1}  # --revkl-coef λ by design, 0 for the others (README, "Stability")
 PAPER_FRACTIONS = {"dp": 0.4, "pp": 0.3, "pr": 0.3}  # r, p, g: each design's share of DP, PP, PR examples
 MIX_SCALE = 0.6  # mix routes 0.6 × (r, p, g): 40% of its examples keep their dataset label (the paper's keep none)
-SELF_LABELS_DEFAULT = "sample"  # --self-labels
+SELF_LABELS_DEFAULT = "expect"  # --self-labels: in expectation did better than sampled for every design (README)
 STREAMS = ("route", "sample", "oracle", "self")  # independent random streams of a rollout (ALGORITHM.md §6c)
 ROW_CHUNK = 8  # rows whose fp32 log-softmax over the vocabulary is alive at once
 

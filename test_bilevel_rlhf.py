@@ -580,7 +580,7 @@ def test_dataset_responses_are_cut_to_the_response_budget():
 
 def test_revkl_defaults_by_design():
     defaults = {d: br.validate(br.Args(design=d)).revkl_coef for d in br.DESIGNS}
-    assert defaults == {"dpo": 0.0, "online-dpo": 0.0, "sail-pr": 0.1, "sail-pp": 0.3, "sail-dp": 0.3, "mix": 0.3}
+    assert defaults == {"dpo": 0.0, "online-dpo": 0.0, "sail-pr": 0.0, "sail-pp": 0.1, "sail-dp": 0.1, "mix": 0.0}
     assert br.validate(br.Args(design="sail-pp", revkl_coef=0.0)).revkl_coef == 0.0  # an explicit 0 is kept
 
 
