@@ -267,14 +267,10 @@ def until_first_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def static_cache(model, rows: int, args: Args):
-    """The static KV cache that `sample` generates `rows` sequences with, or None for transformers' dynamic one.
-
-    Given a static cache on CUDA, generate() compiles the decoding step and replays it as CUDA graphs (transformers'
-    automatic compilation: GenerationMixin._valid_auto_compile_criteria, CompileConfig's mode="reduce-overhead"). The
-    graphs are recorded on the cache's tensors, so there is one cache per (model, rows), sized once to
-    --max-prompt-length + --max-new-tokens and reset in place before each rollout; the prefill runs uncompiled, so the
-    prompts' width may vary. --static-cache auto: on CUDA for models that transformers compiles with a static cache.
-    """
+    """The static KV cache for `sample`'s `rows` sequences, or None for transformers' dynamic one. Given one on CUDA,
+    generate() compiles the decoding step into CUDA graphs (transformers' automatic compilation, mode "reduce-overhead")
+    recorded on the cache's tensors: so one cache per (model, rows), sized once to --max-prompt-length +
+    --max-new-tokens and reset before each rollout (the prefill runs uncompiled: prompt widths may vary)."""
     from transformers import StaticCache
 
     compilable = model.device.type == "cuda" and getattr(model, "_can_compile_fullgraph", False)
@@ -663,8 +659,7 @@ def parse_args(argv=None) -> Args:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         try:
-            with open(argv[0]) as f:
-                config = yaml.safe_load(f) or {}  # JSON is YAML
+            config = yaml.safe_load(open(argv[0])) or {}  # JSON is YAML
         except (OSError, yaml.YAMLError) as e:
             parser.error(f"{argv[0]}: cannot read it as YAML or JSON ({e})")
         unknown = sorted(set(config) - {f.name for f in dataclasses.fields(Args)}) if isinstance(config, dict) else 0
@@ -926,7 +921,6 @@ def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
 
 def load_reward_fn(spec: str) -> Callable:
     """The oracle as a Python callable, from "package.module:function" or "path/to/file.py:function"."""
-    import importlib
     import importlib.util
 
     module_name, _, function_name = spec.rpartition(":")
@@ -1065,16 +1059,10 @@ def render_response(tok, messages: list[dict], prompt_text: str, response: list[
 
 def normalize_row(row: dict, tok, where: str) -> dict:
     """One row in any supported format -> {"prompt": str, "raw_prompt": str | list[dict], "chosen": str | None,
-    "rejected": str | None}. `where` (e.g. "prefs.jsonl:12") goes into every error message.
-
-    Formats, told apart by the fields present and their types:
-      standard (TRL)          prompt, chosen, rejected: strings
-      conversational (TRL)    prompt, chosen, rejected: lists of {"role", "content"} messages; rendered with the
-                              tokenizer's chat template (a plain "\\n\\nRole: ..." one without a template)
-      implicit prompt         chosen, rejected only: HH-RLHF transcripts (strings) or conversations (message lists)
-                              whose shared beginning is the prompt
-      prompt only             prompt (string or messages): for online designs; chosen = rejected = None
-    """
+    "rejected": str | None}; `where` ("prefs.jsonl:12") goes into every error message. The formats (README):
+    standard (prompt, chosen, rejected: strings), conversational (the same as message lists, rendered with the chat
+    template), implicit prompt (chosen, rejected only: HH-RLHF transcripts or conversations that share the prompt),
+    prompt only (for the online designs)."""
     present = [key for key in ("prompt", "chosen", "rejected") if key in row]
     if ("chosen" in row) != ("rejected" in row):
         raise RunError(f"{where}: missing field {'rejected' if 'chosen' in row else 'chosen'!r} (a preference pair "
@@ -1277,8 +1265,7 @@ def prepare_output_dir(args: Args) -> Optional[str]:
         print(f"--overwrite: deleted {len(checkpoints)} checkpoint(s) of an earlier run in {args.output_dir}")
         return None
     try:
-        with open(os.path.join(args.output_dir, "args.json")) as f:
-            saved = json.load(f)
+        saved = json.load(open(os.path.join(args.output_dir, "args.json")))
     except (OSError, ValueError):
         saved = {}
     differs = [k for k, v in dataclasses.asdict(args).items() if k not in RESUMABLE and saved.get(k) != v]
@@ -1397,12 +1384,10 @@ def add_lora(policy, args: Args):
 
 
 class AdaptersOff:
-    """pi_ref of a LoRA run: the policy itself with its adapters switched off, so no second copy of the weights.
-
-    A plain object, not a module: it is in no state_dict, optimizer or DDP, and it calls the bare policy (never DDP's
-    wrapper), without gradient. NOTE: peft's torch.compile guide lists disable_adapter() among the features that
-    give wrong outputs under torch.compile, without an error: this generate() never compiles, and no forward here is
-    compiled."""
+    """pi_ref of a LoRA run: the policy with its adapters switched off, so no second copy of the weights. A plain
+    object, not a module (in no state_dict, optimizer or DDP), calling the bare policy without gradient. NOTE: peft's
+    torch.compile guide lists disable_adapter() among the features that give wrong outputs when compiled, silently:
+    nothing here is compiled."""
 
     def __init__(self, model):
         self.model = model
