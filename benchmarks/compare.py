@@ -226,7 +226,8 @@ def main():
         if match:
             results[(name, args.seed)] = {**match, "method": name, "reused_from": opts.reuse}
             jobs.remove((name, args))
-    print(f"{len(results)} runs reused from {opts.reuse}, {len(jobs)} to train" if opts.reuse else "", flush=True)
+    reused = len(results)
+    print(f"{reused} runs reused from {opts.reuse}, {len(jobs)} to train" if opts.reuse else "", flush=True)
     with multiprocessing.get_context("fork").Pool(opts.jobs) as pool:
         for r in pool.imap(run, jobs):
             results[(r["method"], r["seed"])] = r
@@ -243,7 +244,8 @@ def main():
     header = (f"{'Quick mode: ' if opts.quick else ''}{steps} steps × 16 pairs per run, learning rate "
               f"{opts.lr or br.validate(br.Args()).lr}, {seeds} seed(s) from seed {opts.first_seed}, "
               f"{len(eval_rows)} eval prompts; mean ± standard deviation over seeds. Machine: {machine}. "
-              f"Total {time.perf_counter() - t0:.0f} s.")
+              f"Total {time.perf_counter() - t0:.0f} s" + (f"; {reused} runs taken from {opts.reuse} (--reuse)"
+                                                           if opts.reuse else "") + ".")
     with open(out + ".md", "w") as f:
         f.write(header + "\n\n" + table + "\n")
     with open(out + ".json", "w") as f:
