@@ -675,7 +675,7 @@ def parse_args(argv=None) -> Args:
 
 
 def validate(args: Args) -> Args:
-    """Check the flags once, fill the defaults that depend on the task, and return the args."""
+    """Fill the defaults that depend on the task, check the flags once, and return the args."""
     embedded = args.model is None
     if args.output_dir is None:
         name = "embedded" if embedded else f"{os.path.basename(args.model.rstrip('/'))}-{args.design}"
@@ -686,8 +686,6 @@ def validate(args: Args) -> Args:
         args.max_new_tokens = 24
     if embedded and args.max_prompt_length is None:
         args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
-    if not embedded and args.dataset is None:
-        raise ValueError("--model needs --dataset (a .jsonl/.json file or a hub dataset id)")
     if args.revkl_coef is None:  # chosen from the study in the README, "Stability"
         args.revkl_coef = REVKL_DEFAULTS.get(args.design, 0.0)
     if args.self_labels is None:
@@ -695,37 +693,32 @@ def validate(args: Args) -> Args:
     for source, fraction in PAPER_FRACTIONS.items():
         if getattr(args, f"{source}_fraction") is None:
             setattr(args, f"{source}_fraction", fraction * (MIX_SCALE if args.design == "mix" else 1.0))
-    if args.revkl_coef < 0:
-        raise ValueError(f"--revkl-coef must be >= 0, got {args.revkl_coef}")
     if args.beta is None:
         args.beta = 1.0 if args.loss == "slic" else 0.1
-    if args.beta <= 0:
-        raise ValueError(f"--beta must be > 0, got {args.beta}")
-    for name in ("dp_fraction", "pp_fraction", "pr_fraction", "dp_coef", "pp_coef", "pr_coef"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    if route_probs(args)[OFFLINE] < 0:
-        raise ValueError(f"the mixing fractions of --design {args.design} add up to more than 1")
-    if args.batch_size < 1 or args.grad_accum < 1 or args.steps < 1:
-        raise ValueError("--batch-size, --grad-accum and --steps must be at least 1")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if args.dtype == "fp16" and not args.device.startswith("cuda"):
-        raise ValueError(f"--dtype fp16 needs a CUDA device, not {args.device} (use fp32 or bf16)")
-    if route_probs(args)[PR] > 0 and not embedded and args.reward_model is None and args.reward_fn is None:
-        raise ValueError(f"--design {args.design} labels policy samples with an oracle: give --reward-model "
-                         "or --reward-fn")
-    if args.reward_model and args.reward_fn:
-        raise ValueError("give one oracle: --reward-model or --reward-fn, not both")
-    if args.design in ("sail-pp", "sail-dp") and route_probs(args)[OFFLINE] == 0:
-        raise ValueError(f"--design {args.design} needs some offline pairs (self-labels alone carry no signal): "
-                         "use a fraction below 1")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite contradict each other")
-    if not 0.0 <= args.eval_fraction < 1.0:
-        raise ValueError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")
-    if args.lora_r < 0 or not 0.0 <= args.lora_dropout < 1.0:
-        raise ValueError(f"--lora-r must be >= 0 and --lora-dropout in [0, 1), got {args.lora_r}, {args.lora_dropout}")
+    unit = ("dp_fraction", "pp_fraction", "pr_fraction", "dp_coef", "pp_coef", "pr_coef")
+    for failed, message in [  # (condition, what to tell the user)
+        (not embedded and args.dataset is None, "--model needs --dataset (a .jsonl/.json file or a hub dataset id)"),
+        (args.revkl_coef < 0, f"--revkl-coef must be >= 0, got {args.revkl_coef}"),
+        (args.beta <= 0, f"--beta must be > 0, got {args.beta}"),
+        *((not 0.0 <= getattr(args, n) <= 1.0, f"--{n.replace('_', '-')} must be in [0, 1], got {getattr(args, n)}")
+          for n in unit),
+        (route_probs(args)[OFFLINE] < 0, f"the mixing fractions of --design {args.design} add up to more than 1"),
+        (min(args.batch_size, args.grad_accum, args.steps) < 1, "--batch-size, --grad-accum and --steps must be ≥ 1"),
+        (args.dtype == "fp16" and not args.device.startswith("cuda"),
+         f"--dtype fp16 needs a CUDA device, not {args.device} (use fp32 or bf16)"),
+        (route_probs(args)[PR] > 0 and not embedded and args.reward_model is None and args.reward_fn is None,
+         f"--design {args.design} labels policy samples with an oracle: give --reward-model or --reward-fn"),
+        (args.reward_model and args.reward_fn, "give one oracle: --reward-model or --reward-fn, not both"),
+        (args.design in ("sail-pp", "sail-dp") and route_probs(args)[OFFLINE] == 0,
+         f"--design {args.design} needs offline pairs (self-labels alone carry no signal): use a fraction below 1"),
+        (args.resume and args.overwrite, "--resume and --overwrite contradict each other"),
+        (not 0.0 <= args.eval_fraction < 1.0, f"--eval-fraction must be in [0, 1), got {args.eval_fraction}"),
+        (args.lora_r < 0 or not 0.0 <= args.lora_dropout < 1.0,
+         f"--lora-r must be >= 0 and --lora-dropout in [0, 1), got {args.lora_r}, {args.lora_dropout}")]:
+        if failed:
+            raise ValueError(message)
     return args
 
 # --------------------------------------------------------------------------------------------------------------

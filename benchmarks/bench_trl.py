@@ -17,8 +17,8 @@ model, trains it for the same number of steps on the same prompts, in the same o
 no top-k / top-p), beta, learning rate, warm-up and clipping, fp32 on the CPU, and the same torch.set_num_threads:
 
     online-dpo   bilevel_rlhf, --design online-dpo --pr-fraction 1 (fully online: every pair sampled + oracle labels)
-    sail-pr      bilevel_rlhf, --design sail-pr --pr-fraction 1 (online DPO + the response term (2), γ = 0.3,
-                 and the default RevKL λ = 0.1)
+    sail-pr      bilevel_rlhf, --design sail-pr --pr-fraction 1 (online DPO + the response term (2), γ = 0.3; its
+                 default KL penalty λ is 0)
     mix          bilevel_rlhf, --design mix with the paper's fractions r/p/g = 0.4/0.3/0.3 (by default): only
                  the PP and PR examples (~60 %) are sampled from the policy, DP examples are dataset pairs
                  relabelled by the policy, so mix does less generation per pair than the others
@@ -348,8 +348,8 @@ def machine() -> dict:
 
 LABELS = {
     "online-dpo": "this project: online-dpo (--pr-fraction 1)",
-    "sail-pr": "this project: sail-pr (--pr-fraction 1, γ 0.3, RevKL λ 0.1)",
-    "mix": "this project: mix (r/p/g {mix}, RevKL λ 0.3)",
+    "sail-pr": "this project: sail-pr (--pr-fraction 1, γ 0.3)",
+    "mix": "this project: mix (r/p/g {mix}, self-labels in expectation)",
     "trl-default": "TRL OnlineDPOTrainer, default (gradient checkpointing {gc})",
     "trl-flipped": "TRL OnlineDPOTrainer, gradient checkpointing {gc}",
 }
