@@ -178,9 +178,7 @@ def bradley_terry_label(score1: torch.Tensor, score2: torch.Tensor, generator: t
 
 def implicit_reward_label(policy_logps, ref_logps, beta: float, generator) -> torch.Tensor:
     """Self-label: Bradley-Terry on r_θ = β(log pi_θ − log pi_ref), no gradient (ALGORITHM.md §4).
-
-    policy_logps, ref_logps: Shape (2B,), rows [y1; y2]. Returns (B,) bool, True = y1 wins.
-    """
+    policy_logps, ref_logps: Shape (2B,), rows [y1; y2]. Returns (B,) bool, True = y1 wins."""
     reward = beta * (policy_logps - ref_logps).detach()  # (2B,)
     B = reward.shape[0] // 2
     return bradley_terry_label(reward[:B], reward[B:], generator)
@@ -188,9 +186,7 @@ def implicit_reward_label(policy_logps, ref_logps, beta: float, generator) -> to
 
 def oracle_label(scores1: list[float], scores2: list[float], mode: str, generator) -> tuple[torch.Tensor, int]:
     """Label with an oracle's scores of y1 and y2: a Bradley-Terry draw, or argmax with ties a coin flip.
-
-    Returns (B,) bool (True = y1 wins) and the number of ties.
-    """
+    Returns (B,) bool (True = y1 wins) and the number of ties."""
     s1, s2 = torch.tensor(scores1, dtype=torch.double), torch.tensor(scores2, dtype=torch.double)
     if mode == "sample":
         return bradley_terry_label(s1, s2, generator), int((s1 == s2).sum())
@@ -201,12 +197,9 @@ def oracle_label(scores1: list[float], scores2: list[float], mode: str, generato
 # Sequence log-probs and the KL penalty: one set of helpers for the labelers, the loss and the evaluation
 
 def response_logits(model, input_ids, attention_mask, response_mask) -> torch.Tensor:
-    """The logits that predict the response tokens, in the model's dtype. Shape: (N, R, V).
-
-    Prompts are left-padded and responses right-padded, so the responses are the last R columns. The logits at
-    position t predict token t + 1, so the model computes only the last R + 1 positions (logits_to_keep) and the very
-    last is dropped: no (N, T, V) tensor is ever made.
-    """
+    """The logits that predict the response tokens, in the model's dtype. Shape: (N, R, V). Prompts are left-padded
+    and responses right-padded, so the responses are the last R columns; the logits at position t predict token t + 1,
+    so the model computes only the last R + 1 positions (logits_to_keep) and the last is dropped: no (N, T, V)."""
     # NOTE: left padding shifts absolute positions (GPT-2); count positions from the first real token (TRL #6800).
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (N, T)
     # use_cache=False: scoring needs no KV cache (building one costs memory, and checkpointing would warn about it)
@@ -227,12 +220,9 @@ def _token_logps_and_kl(logits, labels, ref_logprobs):
 
 def token_logps_and_kl(logits, labels, ref_logprobs=None) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 log pi(y_t | x, y_<t) of the response tokens and, given the reference's log-softmax at the same positions
-    (N, R, V), the exact next-token KL(pi_ref ‖ pi_θ) over the vocabulary at each of them (zeros without it).
-
-    logits: (N, R, V) from response_logits; labels: the response columns of input_ids, (N, R). Returns two (N, R).
-    ROW_CHUNK rows at a time, and with a gradient each chunk is recomputed in the backward pass (checkpoint), so
-    only one chunk's fp32 log-softmax is ever alive.
-    """
+    (N, R, V), the exact next-token KL(pi_ref ‖ pi_θ) over the vocabulary at each of them (zeros without it): the
+    per-context KL along the contexts the batch visits, not the sequence-level KL (that needs samples of pi_ref, §6).
+    logits: (N, R, V); labels: (N, R). ROW_CHUNK rows at a time, each chunk recomputed in the backward pass."""
     ref_chunks = ref_logprobs.split(ROW_CHUNK) if ref_logprobs is not None else [None] * len(labels.split(ROW_CHUNK))
     chunk = functools.partial(checkpoint, _token_logps_and_kl, use_reentrant=False) if logits.requires_grad \
         else _token_logps_and_kl
@@ -242,8 +232,7 @@ def token_logps_and_kl(logits, labels, ref_logprobs=None) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def reference_logprobs(ref, input_ids, attention_mask, response_mask) -> torch.Tensor:
-    """pi_ref's fp32 log-softmax at the response positions, Shape (N, R, V): computed once per rollout, without
-    gradient, ROW_CHUNK rows at a time into the logits' own fp32 copy (so it costs one (N, R, V) fp32 tensor)."""
+    """pi_ref's fp32 log-softmax at the response positions, (N, R, V), once per rollout, in the logits' own copy."""
     logprobs = response_logits(ref, input_ids, attention_mask, response_mask).float()  # (N, R, V)
     for rows in logprobs.split(ROW_CHUNK):
         rows.copy_(rows.log_softmax(dim=-1))  # the policy's own function: equal models give bitwise equal values
@@ -276,8 +265,7 @@ def static_cache(model, rows: int, args: Args):
     compilable = model.device.type == "cuda" and getattr(model, "_can_compile_fullgraph", False)
     if args.static_cache == "off" or (args.static_cache == "auto" and not compilable):
         return None
-    # NOTE: never with peft adapters disabled (the reference under LoRA): peft's guide warns that a compiled model can
-    # give wrong outputs without an error (https://huggingface.co/docs/peft/developer_guides/torch_compile)
+    # NOTE: never with peft adapters disabled (the reference under LoRA): compiled, it can be silently wrong (peft)
     if any(getattr(m, "_disable_adapters", False) for m in model.modules()):
         return None
     caches = model.__dict__.setdefault("_static_caches", {})  # lives and dies with the model
@@ -337,9 +325,8 @@ def route_coefs(args: Args) -> tuple[list[float], list[float]]:
 
 
 def rollout_seed(seed: int, rollout: int, rank: int, stream: str) -> int:
-    """One seed per (run seed, rollout index, rank, stream), hashed by numpy's SeedSequence: a rollout can be replayed,
-    each data-parallel rank draws its own, and routing, sampling, oracle labels and self-labels never share uniforms
-    (ALGORITHM.md §6c)."""
+    """One seed per (run seed, rollout, rank, stream), hashed (numpy's SeedSequence): a rollout replays, each rank
+    draws its own, and routing, sampling, oracle labels and self-labels never share uniforms (ALGORITHM.md §6c)."""
     state = np.random.SeedSequence([seed, rollout, rank, STREAMS.index(stream)]).generate_state(1, np.uint64)
     return int(state[0]) >> 1  # 63 bits: any torch seed
 
@@ -351,9 +338,8 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int, rank: int = 0, world: int = 1) -> list[int]:
-    """Rows of rollout k: the k-th slice of an endless stream of per-epoch shuffles (stateless, so resumable). With
-    `world` ranks the slice holds world * batch_size rows and each rank takes its share: 2 ranks x batch B see the
-    rows that 1 rank x batch 2B sees, in the same order."""
+    """Rows of rollout k: the k-th slice of an endless stream of per-epoch shuffles (stateless, so resumable); each of
+    `world` ranks takes its share of it, so 2 ranks x batch B see the rows of 1 rank x batch 2B, in the same order."""
     start = (rollout * world + rank) * batch_size
     return [int(epoch_order(n_rows, seed, p // n_rows)[p % n_rows]) for p in range(start, start + batch_size)]
 
@@ -361,13 +347,9 @@ def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int, rank: i
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
           checkpoint_dir: Optional[str] = None, resume_from: Optional[str] = None,
           log: Callable[[dict], None] = lambda m: None) -> list[dict]:
-    """The SAIL training loop. Returns the metrics of every step (and of every evaluation). With a checkpoint_dir it
-    saves every --save-every steps and at the end; resume_from is a checkpoint to continue from.
-
-    Under torchrun each rank trains on its own share of every rollout (batch_size pairs, its own seeds) and DDP
-    averages the gradients; the leave-one-out baseline is over the rank's own pairs. Rank 0 alone evaluates, logs
-    and saves.
-    """
+    """The SAIL training loop; returns the metrics of every step. With a checkpoint_dir it saves every --save-every
+    steps and at the end. Under torchrun each rank trains on its own share of every rollout and DDP averages the
+    gradients (the leave-one-out baseline is over the rank's own pairs); rank 0 alone evaluates, logs and saves."""
     from transformers import get_scheduler
 
     device = next(policy.parameters()).device
@@ -507,8 +489,11 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         if rank == 0 and checkpoint_dir and ((args.save_every and (step + 1) % args.save_every == 0)
                                              or step + 1 == args.steps or stop):
             save_checkpoint(checkpoint_dir, step + 1, policy, tok, opt, scheduler, scaler, args.keep_last)
-        if stop:
-            stop_after_checkpoint(step + 1)
+        if stop:  # the other ranks wait for rank 0's checkpoint (a rank that exits has torchrun end the rest)
+            if dist.is_initialized():
+                dist.barrier()
+            raise Preempted(f"stopped by SIGTERM after step {step + 1}; run the same command again to continue from "
+                            f"checkpoint-{step + 1:07d}")
         progress.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in
                               ("loss", "rewards/margins", "eval/gold/reward") if k in metrics})
     return history
@@ -519,10 +504,8 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
 @torch.no_grad()
 def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=torch.float32,
              batch_size: int = 64, when: str = "evaluation") -> dict:
-    """Sample one response per prompt of `rows` from the policy and from the reference (same seeds), compare them.
-
-    objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ(y|x) − log pi_ref(y|x)].
-    """
+    """Sample one response per prompt of `rows` from the policy and from the reference (same seeds), compare them;
+    objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ(y|x) − log pi_ref(y|x)]."""
     device = next(policy.parameters()).device
     kl, gold, wins = [], [], []
     for i in range(0, len(rows), batch_size):
@@ -549,8 +532,9 @@ def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=t
 # Everything around the algorithm. Arguments: one flat dataclass; --help and the flags come from it
 
 def arg(default, help: str):
-    """A field of Args with its --help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+    """A field of Args with its --help text, which ends with the default unless it gives it itself."""
+    shown = default is not None and "default" not in help
+    return dataclasses.field(default=default, metadata={"help": help + (f" (default: {default})" if shown else "")})
 
 
 @dataclass
@@ -642,20 +626,13 @@ class Args:
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (generation keeps its cache)")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written; each flag's default after its help, unless the help gives it."""
-    def _get_help_string(self, action):
-        default = action.default not in (None, argparse.SUPPRESS) and "default" not in action.help
-        return action.help + (f" (default: {action.default})" if default else "")
-
-
 def parse_args(argv=None) -> Args:
     """Flags and --help from Args (transformers' HfArgumentParser); a .yaml/.yml/.json file given first sets the
     flags it names (TRL-style config files, field names as keys), and flags after it override them."""
     import yaml  # a dependency of transformers
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(Args, description=__doc__, formatter_class=HelpFormatter)
+    parser = HfArgumentParser(Args, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         try:
@@ -859,8 +836,7 @@ class RunError(Exception):
 
 def from_pretrained(auto_class, name: str, **kwargs):
     """auto_class.from_pretrained(name), with a RunError that says what is wrong when it cannot be loaded."""
-    first = name.split("/")[0]
-    looks_local = os.path.isabs(name) or name.startswith(("./", "../", "~")) or os.path.isdir(first)
+    looks_local = os.path.isabs(name) or name.startswith(("./", "../", "~")) or os.path.isdir(name.split("/")[0])
     if looks_local and not os.path.isdir(os.path.expanduser(name)):  # fail now, not after the hub's retries
         raise RunError(f"{name}: no such folder (expected a model saved with save_pretrained, or a hub id)")
     try:
@@ -881,9 +857,8 @@ def load_policy(name: str, device):
 
 
 def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
-    """An oracle from a sequence-classification reward model with its own tokenizer (and chat template, if any): it
-    scores (prompt, response) in batches, without gradient, on the run's device and dtype; a prompt is a string or a
-    list of {"role", "content"} messages."""
+    """An oracle from a sequence-classification reward model with its own tokenizer (and chat template, if any),
+    scoring (prompt, response) in batches without gradient; a prompt is a string or a list of messages."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = from_pretrained(AutoTokenizer, name)
@@ -1018,8 +993,7 @@ def split_transcripts(chosen: str, rejected: str, where: str) -> tuple[str, str,
 
 
 def split_conversations(chosen: list, rejected: list, where: str) -> tuple[list, list, list]:
-    """TRL's implicit-prompt conversational format: the prompt is the longest shared run of messages that
-    is followed by an assistant message in both conversations."""
+    """TRL's implicit prompt: the longest shared run of messages followed by an assistant message in both."""
     shared = 0
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
         shared += 1
@@ -1092,9 +1066,8 @@ def read_preferences(source: str, tok, split: str = "train") -> list[dict]:
 
 
 def prepare_rows(rows: list[dict], tok, max_prompt_length: int, max_new_tokens: int) -> tuple[list[dict], dict]:
-    """Drop empty rows (empty prompt, or a pair with an empty response), pairs whose chosen == rejected and exact
-    duplicates; count prompts longer than max_prompt_length tokens (cut from the left later) and pairs with a response
-    longer than max_new_tokens tokens with its EOS (cut to that budget later). Returns the kept rows and the counts."""
+    """Drop empty rows, pairs whose chosen == rejected and duplicates; count prompts longer than max_prompt_length and
+    pairs with a response (and its EOS) longer than max_new_tokens, both cut later. Returns the rows and the counts."""
     counts = {"rows": len(rows), "empty": 0, "identical": 0, "duplicates": 0, "long_prompts": 0, "long_responses": 0}
     kept, seen = [], set()
     for r in rows:
@@ -1119,9 +1092,8 @@ def prepare_rows(rows: list[dict], tok, max_prompt_length: int, max_new_tokens: 
 
 
 def split_eval(rows: list[dict], eval_fraction: float, max_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out a random eval_fraction of the distinct prompts (at most max_eval, at least 1 when eval_fraction > 0
-    and there are 2 or more) for evaluation, deterministic given seed: a prompt with several pairs goes wholly to one
-    side. Returns (train_rows, eval_rows), eval_rows one row per held-out prompt, both in the input order."""
+    """Hold out a random eval_fraction of the distinct prompts (≤ max_eval, ≥ 1 when possible), deterministically;
+    returns (train_rows, eval_rows), a prompt's pairs all on one side, eval_rows one row per prompt, in input order."""
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))  # distinct, in first-seen order
     n_eval = 0
     if eval_fraction > 0 and len(prompts) >= 2:
@@ -1377,10 +1349,9 @@ def add_lora(policy, args: Args):
 
 
 class AdaptersOff:
-    """pi_ref of a LoRA run: the policy with its adapters switched off, so no second copy of the weights. A plain
-    object, not a module (in no state_dict, optimizer or DDP), calling the bare policy without gradient. NOTE: peft's
-    torch.compile guide lists disable_adapter() among the features that give wrong outputs when compiled, silently:
-    nothing here is compiled."""
+    """pi_ref of a LoRA run: the policy with its adapters switched off (no second copy of the weights), a plain object
+    in no state_dict, optimizer or DDP, calling the bare policy without gradient. NOTE: peft's torch.compile guide
+    lists disable_adapter() among what a compiled model gets silently wrong: nothing here is compiled."""
 
     def __init__(self, model):
         self.model = model
@@ -1411,15 +1382,6 @@ def stop_requested(device) -> bool:
     if dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag)
-
-
-def stop_after_checkpoint(step: int):
-    """Raise Preempted once rank 0 has saved this step: the other ranks wait for it (a rank that exits has torchrun
-    terminate the rest)."""
-    if dist.is_initialized():
-        dist.barrier()
-    raise Preempted(f"stopped by SIGTERM after step {step}; run the same command again to continue from "
-                    f"checkpoint-{step:07d}")
 
 # --------------------------------------------------------------------------------------------------------------
 # Putting it together
@@ -1464,12 +1426,10 @@ def main(argv=None) -> dict:
     ref = AdaptersOff(policy) if args.lora_r else make_reference(policy, amp_dtype)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
-    n_params = sum(p.numel() for p in policy.parameters())
-    print(f"policy: {args.model or 'embedded tiny GPT-2'} ({n_params / 1e6:.2f}M parameters), {len(rows)} rows, "
-          f"{len(eval_rows)} eval prompts, design {args.design}, loss {args.loss}, route probabilities "
-          f"{dict(zip(SOURCES, (round(p, 3) for p in route_probs(args))))}, "
-          f"{args.batch_size} x {args.grad_accum} x {world} rank(s) = {args.batch_size * args.grad_accum * world} "
-          "pairs per step")
+    print(f"policy: {args.model or 'embedded tiny GPT-2'} ({sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M "
+          f"parameters), {len(rows)} rows, {len(eval_rows)} eval prompts, design {args.design}, loss {args.loss}, "
+          f"route probabilities {dict(zip(SOURCES, (round(p, 3) for p in route_probs(args))))}, {args.batch_size} x "
+          f"{args.grad_accum} x {world} rank(s) = {args.batch_size * args.grad_accum * world} pairs per step")
 
     # output folder: resume, refuse or start; then args.json and metrics.jsonl (kept up to the checkpoint's step)
     report = make_reporter(args) if rank == 0 else None  # a missing package is refused before anything is deleted
