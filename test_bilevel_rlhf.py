@@ -1080,20 +1080,25 @@ def weights(folder):
     return AutoModelForCausalLM.from_pretrained(folder).state_dict()
 
 
+def kill_after_the_first_checkpoint(flags, out):
+    """Run the command line with `flags`, its --output-dir set to `out`, and kill -9 it right after checkpoint 2."""
+    flags[flags.index("--output-dir") + 1] = str(out)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "bilevel_rlhf.py"), *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (out / "checkpoint-0000002").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_sigkill_and_resume_gives_bitwise_the_same_weights(tiny_files, tmp_path):
     flags = tiny_flags(tiny_files, tmp_path / "full", "--design", "mix", "--steps", 12, "--save-every", 2,
                        "--eval-every", 1)
     assert run_cli(*flags).returncode == 0
 
     killed = tmp_path / "killed"
-    flags[flags.index("--output-dir") + 1] = str(killed)
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "bilevel_rlhf.py"), *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (killed / "checkpoint-0000002").exists():  # kill -9 right after the first checkpoint
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_the_first_checkpoint(flags, killed)
     assert not (killed / "checkpoint-0000012").exists() and not (killed / "model.safetensors").exists()
 
     resumed = run_cli(*flags)  # same command: resumes by default
@@ -1626,14 +1631,7 @@ def test_lora_run_resumes_bitwise_and_saves_the_adapter_and_a_merged_model(tiny_
     assert os.listdir(full / "checkpoint-0000006").count("model.safetensors") == 0  # the adapter, not the model
 
     killed = tmp_path / "killed"
-    flags[flags.index("--output-dir") + 1] = str(killed)
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "bilevel_rlhf.py"), *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (killed / "checkpoint-0000002").exists():  # kill -9 right after the first checkpoint
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_the_first_checkpoint(flags, killed)
     assert not (killed / "checkpoint-0000006").exists()
     resumed = run_cli(*flags)
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-3000:]
