@@ -6,7 +6,7 @@ oracle for labels of their own samples (counted in the `oracle labels` column). 
 --eval-every steps on the same held-out prompts; the points along training give one curve per method.
 
     python benchmarks/compare.py --jobs 2     # the full comparison (3 seeds; about an hour on 2 CPU cores)
-    python benchmarks/compare.py --quick      # a smaller task, 1 seed, fewer steps (about 4 minutes)
+    python benchmarks/compare.py --quick      # a smaller task, 1 seed, 120 steps (not timed at this grid)
 
 Writes benchmarks/results/compare[_quick].{json,md,png} (the plot only when matplotlib is installed).
 """
