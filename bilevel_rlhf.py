@@ -170,28 +170,28 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
 # --------------------------------------------------------------------------------------------------------------
 # Labelers: which of the two responses (y1, y2) is preferred. True = y1 wins.
 
-def bradley_terry_label(score1: torch.Tensor, score2: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A draw z ~ Bernoulli(σ(s1 − s2)): P(y1 ≻ y2) under Bradley-Terry. Shape: (B,) bool."""
-    p = torch.sigmoid((score1 - score2).double().cpu())
-    return torch.rand(p.shape, generator=generator, dtype=torch.double) < p
+def bradley_terry_label(score1: torch.Tensor, score2: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """A draw z ~ Bernoulli(σ(s1 − s2)), P(y1 ≻ y2) under Bradley-Terry, from uniforms in [0, 1) drawn beforehand on
+    the scores' device (so that labelling a GPU forward's rewards needs no host sync). Shape: (B,) bool."""
+    return uniforms < torch.sigmoid((score1 - score2).double())
 
 
-def implicit_reward_label(policy_logps, ref_logps, beta: float, generator) -> torch.Tensor:
+def implicit_reward_label(policy_logps, ref_logps, beta: float, uniforms) -> torch.Tensor:
     """Self-label: Bradley-Terry on r_θ = β(log pi_θ − log pi_ref), no gradient (ALGORITHM.md §4).
     policy_logps, ref_logps: Shape (2B,), rows [y1; y2]. Returns (B,) bool, True = y1 wins."""
     reward = beta * (policy_logps - ref_logps).detach()  # (2B,)
     B = reward.shape[0] // 2
-    return bradley_terry_label(reward[:B], reward[B:], generator)
+    return bradley_terry_label(reward[:B], reward[B:], uniforms)
 
 
 def oracle_label(scores1: list[float], scores2: list[float], mode: str, generator) -> tuple[torch.Tensor, int]:
     """Label with an oracle's scores of y1 and y2: a Bradley-Terry draw, or argmax with ties a coin flip.
     Returns (B,) bool (True = y1 wins) and the number of ties."""
     s1, s2 = torch.tensor(scores1, dtype=torch.double), torch.tensor(scores2, dtype=torch.double)
+    uniforms = torch.rand(s1.shape, generator=generator, dtype=torch.double)
     if mode == "sample":
-        return bradley_terry_label(s1, s2, generator), int((s1 == s2).sum())
-    coin = torch.rand(s1.shape, generator=generator, dtype=torch.double) < 0.5
-    return torch.where(s1 == s2, coin, s1 > s2), int((s1 == s2).sum())
+        return bradley_terry_label(s1, s2, uniforms), int((s1 == s2).sum())
+    return torch.where(s1 == s2, uniforms < 0.5, s1 > s2), int((s1 == s2).sum())  # ties: a coin flip
 
 # --------------------------------------------------------------------------------------------------------------
 # Sequence log-probs and the KL penalty: one set of helpers for the labelers, the loss and the evaluation
@@ -400,7 +400,21 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
                 for i, c, r in zip(offline, chosen, rejected):
                     y1[i], y2[i] = c, r
 
-            # 2. log-probs of the 2B responses (rows [all y1; all y2]): the reference once per rollout, without
+            # 2. labels known before the forward, z = True when y1 wins: offline examples keep the dataset's (y1 =
+            # chosen), PR examples get a Bradley-Terry draw from the oracle's scores; the uniforms of the self-labels
+            # are drawn now too, so that after the forward nothing waits for the device until the metrics
+            z, ties, oracle_rows = torch.ones(B, dtype=torch.bool), 0, (source == PR).nonzero().flatten().tolist()
+            if oracle_rows:
+                texts = tok.batch_decode([y1[i] for i in oracle_rows] + [y2[i] for i in oracle_rows],
+                                         skip_special_tokens=True)
+                scores = ask_oracle(oracle, [raw_prompts[i] for i in oracle_rows] * 2, texts, f"step {step + 1}")
+                z[oracle_rows], ties = oracle_label(scores[:len(oracle_rows)], scores[len(oracle_rows):],
+                                                    args.oracle_label, torch.Generator().manual_seed(seed("oracle")))
+            uniforms = torch.rand(B, generator=torch.Generator().manual_seed(seed("self")), dtype=torch.double)
+            z, uniforms, source, on_policy, self_labeled = (t.to(device) for t in (z, uniforms, source, on_policy,
+                                                                                    self_labeled))
+
+            # 3. log-probs of the 2B responses (rows [all y1; all y2]): the reference once per rollout, without
             # gradient, then the policy; with the penalty, the exact KL_t at every response position (§6)
             input_ids, attention_mask, response_mask = join(prompt_ids, prompt_mask, y1 + y2, tok.pad_token_id)
             labels = input_ids[:, -response_mask.shape[1]:]  # (2B, R) the response tokens
@@ -413,41 +427,27 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
                 logits = response_logits(model, input_ids, attention_mask, response_mask)  # (2B, R, V)
                 token_logps, kl = token_logps_and_kl(logits, labels, ref_logprobs)  # (2B, R) each
             policy_logps = (token_logps * response_mask).sum(1)  # (2B,)
-
-            # 3. labels, z = True when y1 wins: offline examples keep the dataset's (y1 = chosen); DP and PP examples
-            # get a Bradley-Terry draw from the policy's implicit reward (detached, from this same forward); PR
-            # examples one from the oracle's scores
-            self_z = implicit_reward_label(policy_logps, ref_logps, args.beta,
-                                           torch.Generator().manual_seed(seed("self")))  # (B,)
-            z = torch.where(self_labeled, self_z, torch.ones_like(self_z))
-            ties, oracle_rows = 0, (source == PR).nonzero().flatten().tolist()
-            if oracle_rows:
-                texts = tok.batch_decode([y1[i] for i in oracle_rows] + [y2[i] for i in oracle_rows],
-                                         skip_special_tokens=True)
-                scores = ask_oracle(oracle, [raw_prompts[i] for i in oracle_rows] * 2, texts, f"step {step + 1}")
-                z[oracle_rows], ties = oracle_label(scores[:len(oracle_rows)], scores[len(oracle_rows):],
-                                                    args.oracle_label, torch.Generator().manual_seed(seed("oracle")))
+            # DP and PP examples: a Bradley-Terry draw from the policy's implicit reward (detached, this forward's)
+            z = torch.where(self_labeled, implicit_reward_label(policy_logps, ref_logps, args.beta, uniforms), z)
 
             # 4. loss and backward: order each pair as (y_w, y_l), add the bilevel terms where they apply, the penalty
-            z = z.to(device)
-
             def ordered(t):  # (2B,) rows [y1; y2] -> (t of y_w, t of y_l), (B,) each
                 return torch.where(z, t[:B], t[B:]), torch.where(z, t[B:], t[:B])
             losses, chosen_rewards, rejected_rewards = sail_loss(
                 *ordered(policy_logps), *ordered(ref_logps), beta=args.beta, loss_type=args.loss,
-                response_coef=resp_coefs[source.to(device)], label_coef=label_coefs[source.to(device)],
-                on_policy=on_policy.to(device), self_labeled=self_labeled.to(device), self_labels=args.self_labels,
+                response_coef=resp_coefs[source], label_coef=label_coefs[source], on_policy=on_policy,
+                self_labeled=self_labeled, self_labels=args.self_labels,
                 lengths=ordered(response_mask.sum(1)), baseline=args.baseline)
             revkl = (kl * response_mask).sum() / response_mask.sum()  # mean KL_t over the batch's response tokens
             loss = losses.mean() + args.revkl_coef * revkl
             scaler.scale(loss / args.grad_accum).backward()
-            sample_kl = (policy_logps - ref_logps).detach().view(2, B)[:, on_policy.to(device)]  # (2, n_online)
+            sample_kl = ((policy_logps - ref_logps).detach().view(2, B) * on_policy).sum() / (2 * len(online) or 1)
             stats.append({
                 "loss": losses.detach().mean(),
                 "rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
                 "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
                 "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-                **({"objective/sample_kl": sample_kl.mean()} if online else {}),
+                **({"objective/sample_kl": sample_kl} if online else {}),
                 **({"objective/revkl": revkl.detach()} if args.revkl_coef else {}),
                 **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
                 "labels/ties": float(ties)})

@@ -455,7 +455,7 @@ def test_labelers():
     g = torch.Generator().manual_seed(0)
     # Bradley-Terry draws follow σ(s1 − s2)
     s1, s2 = torch.full((20000,), 1.0), torch.zeros(20000)
-    p_y1 = br.bradley_terry_label(s1, s2, g).float().mean().item()
+    p_y1 = br.bradley_terry_label(s1, s2, torch.rand(20000, generator=g, dtype=f64)).float().mean().item()
     assert p_y1 == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.015)
     # argmax oracle: the higher score wins; ties are a coin flip, counted
     z, ties = br.oracle_label([2.0, 1.0, 1.0, 1.0], [1.0, 2.0, 1.0, 1.0], "argmax", g)
@@ -464,7 +464,7 @@ def test_labelers():
     assert 0.4 < sum(tie_wins) / 5 < 0.6  # not "the first sample wins"
     # implicit reward labeler: P(y1 wins) = σ(β[(π1 − r1) − (π2 − r2)])
     policy, ref = torch.tensor([0.0] * 5000 + [-10.0] * 5000), torch.zeros(10000)  # rows [y1; y2], B = 5000
-    p_y1 = br.implicit_reward_label(policy, ref, 0.2, g).float().mean().item()
+    p_y1 = br.implicit_reward_label(policy, ref, 0.2, torch.rand(5000, generator=g, dtype=f64)).float().mean().item()
     assert p_y1 == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), abs=0.02)
 
 
