@@ -1376,11 +1376,11 @@ class Preempted(Exception):
 
 
 def stop_requested(device) -> bool:
-    """Whether any rank has received SIGTERM, the same answer on every rank (an all-reduce of the flag): the signal
-    may reach the ranks at different times, and a rank that stopped alone would leave the others in a collective."""
+    """Whether any rank got SIGTERM, one answer on all (all-reduce): a rank stopping alone would hang the rest."""
+    if not dist.is_initialized():  # one process: no device round trip
+        return SIGTERM.is_set()
     flag = torch.tensor([float(SIGTERM.is_set())], device=device)
-    if dist.is_initialized():
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag)
 
 # --------------------------------------------------------------------------------------------------------------
