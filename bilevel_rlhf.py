@@ -51,6 +51,7 @@ Run it:
 from __future__ import annotations  # the algorithm comes first and names Args, defined below it
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -263,7 +264,7 @@ def static_cache(model, rows: int, args: Args):
     from transformers import StaticCache
 
     compilable = model.device.type == "cuda" and getattr(model, "_can_compile_fullgraph", False)
-    if args.static_cache == "off" or (args.static_cache == "auto" and not compilable):
+    if args.static_cache == "off" or (args.static_cache == "auto" and not compilable) or fsdp_modules(model):
         return None
     # NOTE: never with peft adapters disabled (the reference under LoRA): compiled, it can be silently wrong (peft)
     if any(getattr(m, "_disable_adapters", False) for m in model.modules()):
@@ -299,7 +300,7 @@ def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args) -
         out = model.generate(
             input_ids=input_ids, attention_mask=attention_mask,  # (nB, P), or (rows, P) with the static cache
             do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-            max_new_tokens=args.max_new_tokens, use_cache=True,
+            max_new_tokens=args.max_new_tokens, use_cache=True, synced_gpus=False,  # FSDP: see `gathered`
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)[:n * len(prompt_ids)]  # (nB, T)
     model.train(was_training)
     tokens = out[:, prompt_ids.shape[1]:]  # (nB, R) the new tokens; rows that ended early are padded
@@ -349,14 +350,16 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
           log: Callable[[dict], None] = lambda m: None) -> list[dict]:
     """The SAIL training loop; returns the metrics of every step. With a checkpoint_dir it saves every --save-every
     steps and at the end. Under torchrun each rank trains on its own share of every rollout and DDP averages the
-    gradients (the leave-one-out baseline is over the rank's own pairs); rank 0 alone evaluates, logs and saves."""
+    gradients (the leave-one-out baseline is over the rank's own pairs), or FSDP2 shards them (--fsdp); rank 0 alone
+    evaluates and logs, and saves (with --fsdp every rank writes its shards)."""
     from transformers import get_scheduler
 
     device = next(policy.parameters()).device
     rank, world = rank_and_world()
     # under torchrun the training forward goes through DDP, which all-reduces the gradients in backward; sampling and
-    # evaluation use the bare policy
-    model = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 else policy
+    # evaluation use the bare policy. A policy that FSDP2 sharded (`shard`) reduce-scatters its gradients itself.
+    sharded = bool(fsdp_modules(policy))
+    model = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 and not sharded else policy
     # fused on CUDA: "theoretically fastest" (torch.optim docs) and, with a GradScaler, no found_inf.item() sync
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             fused=device.type == "cuda")
@@ -387,12 +390,11 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
             # first EOS; the dataset's (chosen, rejected) as (y1, y2) for offline and DP examples
             y1, y2 = [None] * B, [None] * B
             online = on_policy.nonzero().flatten().tolist()
-            if online:
-                with autocast(device, amp_dtype):
-                    ys = sample(policy, tok, prompt_ids[online], prompt_mask[online], n=2, seed=seed("sample"),
-                                args=args)
-                for j, i in enumerate(online):
-                    y1[i], y2[i] = ys[j], ys[len(online) + j]
+            with gathered(policy), autocast(device, amp_dtype):  # FSDP: every rank, whether or not it samples
+                ys = sample(policy, tok, prompt_ids[online], prompt_mask[online], n=2, seed=seed("sample"),
+                            args=args) if online else []
+            for j, i in enumerate(online):
+                y1[i], y2[i] = ys[j], ys[len(online) + j]
             offline = [i for i in range(B) if i not in online]
             if offline:
                 chosen = encode_responses(tok, [batch[i]["chosen"] for i in offline], args.max_new_tokens)
@@ -418,8 +420,10 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
             # gradient, then the policy; with the penalty, the exact KL_t at every response position (§6)
             input_ids, attention_mask, response_mask = join(prompt_ids, prompt_mask, y1 + y2, tok.pad_token_id)
             labels = input_ids[:, -response_mask.shape[1]:]  # (2B, R) the response tokens
-            if world > 1:  # DDP all-reduces the gradients in the backward of the last micro-step only (set before
-                model.require_backward_grad_sync = micro == args.grad_accum - 1  # the forward, as nanoGPT does)
+            if sharded:  # the gradients are reduced in the backward of the last micro-step only: FSDP
+                policy.set_requires_gradient_sync(micro == args.grad_accum - 1)  # reduce-scatters them, DDP
+            elif world > 1:  # all-reduces them (set before the forward, as nanoGPT does)
+                model.require_backward_grad_sync = micro == args.grad_accum - 1
             with autocast(device, amp_dtype):
                 ref_logprobs = reference_logprobs(ref, input_ids, attention_mask, response_mask)  # (2B, R, V)
                 ref_logps = (ref_logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1) * response_mask).sum(1)  # (2B,)
@@ -475,19 +479,21 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         opt.zero_grad(set_to_none=True)
 
         # 7. log, evaluate, save
+        grad_norm = grad_norm.full_tensor() if sharded else grad_norm  # FSDP: a DTensor, the same on every rank
         metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
         metrics["timing/samples_per_s"] = B * args.grad_accum * world / (time.perf_counter() - t0)
-        if rank == 0 and ((args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps):
+        if (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps:
             policy.eval()
-            evaluation = evaluate(policy, ref, tok, eval_rows, oracle, args, amp_dtype,
-                                  when=f"evaluation at step {step + 1}")
+            with gathered(policy, ref):  # FSDP: every rank gathers the weights, then rank 0 alone evaluates
+                evaluation = evaluate(policy, ref, tok, eval_rows, oracle, args, amp_dtype,
+                                      when=f"evaluation at step {step + 1}") if rank == 0 else {}
             metrics.update({"eval/" + k: v for k, v in evaluation.items()})
             policy.train()
         history.append(metrics)
         log(metrics)
         stop = stop_requested(device) and step + 1 < args.steps  # SIGTERM on any rank: save this step, then stop
-        if rank == 0 and checkpoint_dir and ((args.save_every and (step + 1) % args.save_every == 0)
-                                             or step + 1 == args.steps or stop):
+        if (rank == 0 or sharded) and checkpoint_dir and ((args.save_every and (step + 1) % args.save_every == 0)
+                                                          or step + 1 == args.steps or stop):
             save_checkpoint(checkpoint_dir, step + 1, policy, tok, opt, scheduler, scaler, args.keep_last)
         if stop:  # the other ranks wait for rank 0's checkpoint (a rank that exits has torchrun end the rest)
             if dist.is_initialized():
@@ -624,6 +630,8 @@ class Args:
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "autocast: auto = bf16 on CUDA (fp16 and a GradScaler "
         "without bf16), fp32 elsewhere")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (generation keeps its cache)")
+    fsdp: bool = arg(False, "under torchrun: shard weights, gradients and optimizer state over the ranks (FSDP2, "
+        "each decoder block and the root; the reference too) instead of a full copy per rank (DDP)")
 
 
 def parse_args(argv=None) -> Args:
@@ -693,7 +701,11 @@ def validate(args: Args) -> Args:
         (args.resume and args.overwrite, "--resume and --overwrite contradict each other"),
         (not 0.0 <= args.eval_fraction < 1.0, f"--eval-fraction must be in [0, 1), got {args.eval_fraction}"),
         (args.lora_r < 0 or not 0.0 <= args.lora_dropout < 1.0,
-         f"--lora-r must be >= 0 and --lora-dropout in [0, 1), got {args.lora_r}, {args.lora_dropout}")]:
+         f"--lora-r must be >= 0 and --lora-dropout in [0, 1), got {args.lora_r}, {args.lora_dropout}"),
+        (args.fsdp and args.lora_r, "--fsdp and --lora-r: choose one (LoRA needs no sharding up to ~60B parameters on "
+         "an 80 GB GPU, README \"What fits where\"; FSDP trains every weight)"),
+        (args.fsdp and args.dtype == "fp16", "--fsdp runs in bf16 or fp32: --dtype fp16 needs a GradScaler that "
+         "FSDP2's sharded gradients are not tested with")]:
         if failed:
             raise ValueError(message)
     return args
@@ -790,9 +802,9 @@ def supervised_finetune(model, tok, texts: list[str], steps: int, batch_size: in
         logits = model(**enc).logits[:, :-1]  # (64, T-1, V): position t predicts token t + 1
         labels = enc.input_ids[:, 1:].masked_fill(enc.attention_mask[:, 1:] == 0, -100)  # (64, T-1), no padding
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        opt.zero_grad(set_to_none=True)  # NOTE: after the step, so that no gradient is left for the first SAIL step
     return model
 
 
@@ -889,23 +901,19 @@ def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
 
 def load_reward_fn(spec: str) -> Callable:
     """The oracle as a Python callable, from "package.module:function" or "path/to/file.py:function"."""
-    import importlib.util
+    import importlib
+    import runpy
 
     module_name, _, function_name = spec.rpartition(":")
-    if not module_name or not function_name:
-        raise RunError(f"--reward-fn {spec!r}: expected module:function or path/to/file.py:function")
     try:
-        if module_name.endswith(".py"):
-            loader_spec = importlib.util.spec_from_file_location("reward_fn_module", module_name)
-            module = importlib.util.module_from_spec(loader_spec)
-            loader_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except (ImportError, OSError) as e:
-        raise RunError(f"--reward-fn {spec!r}: cannot import {module_name}: {e}") from None
-    if not callable(getattr(module, function_name, None)):
+        namespace = runpy.run_path(module_name) if module_name.endswith(".py") else \
+            vars(importlib.import_module(module_name))
+    except (ImportError, OSError, ValueError) as e:  # ValueError: no module name before the ":"
+        raise RunError(f"--reward-fn {spec!r}: cannot import {module_name!r} ({e}); expected module:function or "
+                       "path/to/file.py:function") from None
+    if not callable(namespace.get(function_name)):
         raise RunError(f"--reward-fn {spec!r}: {module_name} has no function {function_name!r}")
-    return getattr(module, function_name)
+    return namespace[function_name]
 
 
 def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[float]:
@@ -1174,16 +1182,29 @@ def list_checkpoints(output_dir: str) -> list[str]:
 
 
 def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, scaler, keep_last: int):
-    """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically."""
+    """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically. With
+    --fsdp every rank calls it and writes its shards of the model and of the optimizer state (torch.distributed.
+    checkpoint), rank 0 the rest."""
     final = os.path.join(output_dir, f"checkpoint-{step:07d}")
     tmp = os.path.join(output_dir, f".tmp-checkpoint-{step:07d}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
+    (rank, world), sharded = rank_and_world(), bool(fsdp_modules(policy))
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        dist.barrier()  # rank 0 has removed what a crash left
+        dcp.save(dict(zip(("model", "optimizer"), get_state_dict(policy, opt))), checkpoint_id=tmp)
+        if rank != 0:
+            return
+    else:
+        policy.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng, "world_size": rank_and_world()[1]},
+    torch.save({"step": step, "optimizer": None if sharded else opt.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng, "world_size": world},
                os.path.join(tmp, "trainer_state.pt"))
     # The data position needs no state: batch_indices and rollout_seed are functions of (seed, step, rank, world).
     shutil.rmtree(final, ignore_errors=True)
@@ -1195,16 +1216,27 @@ def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, sca
 def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
     """Restore what save_checkpoint wrote; returns the number of steps already done."""
     state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)  # our own file (RNG tuples)
-    world = rank_and_world()[1]
+    world, sharded = rank_and_world()[1], bool(fsdp_modules(policy))
     if state.get("world_size", 1) != world:  # each rank's share of the data depends on the world size
         raise RunError(f"{path} was written by a run with {state.get('world_size', 1)} process(es); resume it with "
                        f"the same number (this run has {world}), or start over with --overwrite")
-    if hasattr(policy, "peft_config"):  # LoRA: save_pretrained wrote the adapter only
+    if (state["optimizer"] is None) != sharded:
+        raise RunError(f"{path} was written by a run {'without' if sharded else 'with'} --fsdp: resume it the same way")
+    if sharded:  # this rank's shards, read into the state dicts' own sharded tensors
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        # NOTE: get_state_dict gives a fresh optimizer its state by a step at lr 0; the load then overwrites it
+        shards = dict(zip(("model", "optimizer"), get_state_dict(policy, opt)))
+        dcp.load(shards, checkpoint_id=path)
+        set_state_dict(policy, opt, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+    elif hasattr(policy, "peft_config"):  # LoRA: save_pretrained wrote the adapter only
         from peft import load_peft_weights, set_peft_model_state_dict
         set_peft_model_state_dict(policy, load_peft_weights(path))
     else:
         policy.load_state_dict(type(policy).from_pretrained(path, dtype=torch.float32).state_dict())
-    opt.load_state_dict(state["optimizer"])
+    if not sharded:
+        opt.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     random.setstate(state["rng"]["python"])
@@ -1368,6 +1400,54 @@ class AdaptersOff:
             return self.model.generate(**kwargs, disable_compile=True)
 
 
+def shard(model, device: torch.device, amp_dtype: torch.dtype):
+    """FSDP2 (--fsdp): each decoder block (the classes transformers lists in _no_split_modules), then the root with
+    what is left (embeddings, final norm, a tied head), sharded over all ranks: every rank holds 1/world of the fp32
+    weights, gradients and AdamW state. A block's weights are all-gathered in autocast's dtype (bf16) just before it
+    runs and freed after it; gradients are reduce-scattered, averaged, in fp32."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # on CPU: Gloo
+    mixed = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
+    blocks = [m for m in model.modules() if type(m).__name__ in (model._no_split_modules or [])]
+    if not blocks:
+        raise RunError(f"--fsdp: {type(model).__name__} names no decoder block class in _no_split_modules")
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mixed)
+    fully_shard(model, mesh=mesh, mp_policy=mixed)
+    # NOTE: not register_fsdp_forward_method(model, "generate"): `gathered` keeps the weights for the whole call, and
+    # with it (torch 2.14) the hook after generate() reshards the root, so the next forward all-gathers on one rank
+    return model
+
+
+def fsdp_modules(model) -> list:
+    """The modules of model that FSDP2 sharded, root first; [] without --fsdp."""
+    if not dist.is_initialized():
+        return []
+    from torch.distributed.fsdp import FSDPModule
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def gathered(*models):
+    """With --fsdp: all-gather the models' weights once and keep them for every forward inside, then free them. In
+    generate() each new token is a forward: without this, an all-gather per block per token, and generate() would
+    keep ranks that finished early running dummy forwards for the others (transformers sets synced_gpus under FSDP;
+    `sample` turns it off: inside, no forward communicates). Every rank must enter together. Else a no-op."""
+    shards = [fsdp_modules(model) for model in models]
+    for m in sum(shards, []):
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for root, *blocks in filter(None, shards):  # back to FSDP's defaults: the root keeps its weights gathered
+            for m in (root, *blocks):  # after a forward, the blocks free theirs
+                m.reshard()
+                m.set_reshard_after_forward(m is not root, recurse=False)
+
+
 SIGTERM = threading.Event()  # set by the handler that cli installs: a scheduler preempting the job sends SIGTERM
 
 
@@ -1393,6 +1473,8 @@ def main(argv=None) -> dict:
     device = setup_distributed(torch.device(args.device))
     rank, world = rank_and_world()
     amp_dtype, why = choose_precision(args, device)
+    if args.fsdp and not dist.is_initialized():
+        raise RunError("--fsdp shards the model over the processes of torchrun: launch it with torchrun (README)")
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere and later: free speed, fp32 range
     torch.backends.cudnn.allow_tf32 = True
     print(f"device: {device}" + (f" (and {world - 1} more data-parallel ranks)" if world > 1 else "") +
@@ -1430,34 +1512,42 @@ def main(argv=None) -> dict:
           f"parameters), {len(rows)} rows, {len(eval_rows)} eval prompts, design {args.design}, loss {args.loss}, "
           f"route probabilities {dict(zip(SOURCES, (round(p, 3) for p in route_probs(args))))}, {args.batch_size} x "
           f"{args.grad_accum} x {world} rank(s) = {args.batch_size * args.grad_accum * world} pairs per step")
+    if args.fsdp:
+        policy, ref = shard(policy, device, amp_dtype), shard(ref, device, amp_dtype)
 
     # output folder: resume, refuse or start; then args.json and metrics.jsonl (kept up to the checkpoint's step)
-    report = make_reporter(args) if rank == 0 else None  # a missing package is refused before anything is deleted
-    resume_from = prepare_output_dir(args)  # every rank reaches the same decision; only rank 0 deletes or writes
+    report = make_reporter(args) if rank == 0 else lambda m: None  # a missing package is refused before anything
+    resume_from = prepare_output_dir(args)  # is deleted; every rank reaches the same decision, only rank 0 writes
+    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    if rank == 0:
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
+            json.dump(dataclasses.asdict(args), f, indent=2)
+        done = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
+        kept = [line for line in open(metrics_path) if json.loads(line)["step"] <= done] if done else []
+        with open(metrics_path, "w") as f:
+            f.writelines(kept)
     if world > 1:
         dist.barrier()
-    if rank != 0:  # the other ranks only train
-        train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype, resume_from=resume_from)
-        return {}
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "args.json"), "w") as f:
-        json.dump(dataclasses.asdict(args), f, indent=2)
-    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
-    done = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
-    kept = [line for line in open(metrics_path) if json.loads(line)["step"] <= done] if done else []
-    with open(metrics_path, "w") as f:
-        f.writelines(kept)
 
-    # align
+    # align (rank 0 evaluates and logs; with --fsdp the other ranks gather weights and save shards with it)
     t0 = time.perf_counter()
-    before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype, when="evaluation of the reference")
-    with open(metrics_path, "a") as f:
+    with gathered(ref):
+        before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype,
+                          when="evaluation of the reference") if rank == 0 else {}
+    with open(metrics_path if rank == 0 else os.devnull, "a") as f:
         def log(metrics):
             f.write(json.dumps(metrics) + "\n")
             f.flush()
             report(metrics)
         history = train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype, checkpoint_dir=args.output_dir,
                         resume_from=resume_from, log=log)
+    state_dict = None  # save_pretrained's default: the model's own
+    if args.fsdp:  # the whole model, gathered into rank 0's memory (every rank sends its shards)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return {}
     final = [json.loads(line) for line in open(metrics_path)][-1]
     after = {k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/")}
 
@@ -1469,7 +1559,7 @@ def main(argv=None) -> dict:
     if args.lora_r:  # the adapter in adapter/, and at the top the merged model, which loads without peft
         policy.save_pretrained(os.path.join(args.output_dir, "adapter"))
         policy = policy.merge_and_unload()
-    policy.save_pretrained(args.output_dir)
+    policy.save_pretrained(args.output_dir, state_dict=state_dict)
     tok.save_pretrained(args.output_dir)
     checkpoints = ", ".join(os.path.basename(c) for c in list_checkpoints(args.output_dir))
     print(f"{len(history)} steps in {time.perf_counter() - t0:.0f} s; the aligned model and tokenizer are in "

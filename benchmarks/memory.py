@@ -1,7 +1,7 @@
 """What fits where: the peak memory of each training process, measured, and what it costs per parameter.
 
-Full fine-tuning in one process and with DDP over 2 processes (torchrun, Gloo), and LoRA adapters (r = 64 on every
-linear layer, the paper's rank), each with and without gradient checkpointing, for two GPT-2 models built from a
+Full fine-tuning in one process, with DDP over 2 processes and with FSDP2 (--fsdp) over 2 and 4 processes (torchrun,
+Gloo), and LoRA adapters (r = 64 on every linear layer, the paper's rank), each with and without gradient checkpointing, for two GPT-2 models built from a
 config with random weights (nothing is downloaded): GPT-2 small (124M parameters) and a wider one (1024 wide, 12
 layers, 204M). Each configuration runs in processes of its own: 2 optimizer steps of offline DPO through
 bilevel_rlhf.train (4 pairs of 32 prompt + 32 response tokens per process), then the end-of-run evaluation; each
@@ -18,9 +18,13 @@ reference is held in bf16 in bf16 runs (2 bytes per parameter less), AdamW defau
 (foreach, CUDA only), which holds one more parameter-sized temporary at its peak (4 bytes more), and a real batch's
 activations come on top.
 
-    python benchmarks/memory.py            # 12 configurations, about 8 minutes on 2 CPU cores
+With FSDP a process holds 1/N of the sharded state and, while it samples or evaluates, whole copies of the weights
+(`gathered`): the cost per parameter is a + b/N; the runs with 2 and 4 processes give a and b, and the table's
+largest models on 1 and 8 GPUs are 80 GiB / (a + b) and 80 GiB / (a + b/8).
 
-writes benchmarks/results/memory.{json,md}. There is no FSDP mode: bilevel_rlhf.py does not shard.
+    python benchmarks/memory.py            # 20 configurations, about 15 minutes on 2 CPU cores
+
+writes benchmarks/results/memory.{json,md}.
 """
 
 import argparse
@@ -36,7 +40,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = {"GPT-2 small": (768, 12), "GPT-2, 1024 wide": (1024, 12)}  # (n_embd, n_layer), GPT-2's vocabulary
-MODES = [("full fine-tuning", 0, 1), ("full fine-tuning, DDP", 0, 2), ("LoRA r=64", 64, 1)]  # (name, r, processes)
+MODES = [("full fine-tuning", 0, 1), ("full fine-tuning, DDP", 0, 2), ("full fine-tuning, FSDP", 0, 2),
+         ("full fine-tuning, FSDP", 0, 4), ("LoRA r=64", 64, 1)]  # (name, LoRA rank, processes)
 GIB = 2**30
 
 
@@ -66,6 +71,9 @@ def worker(spec: dict):
     ref = br.AdaptersOff(policy) if args.lora_r else br.make_reference(policy, torch.float32)
     if spec["gc"]:
         br.enable_gradient_checkpointing(policy)
+    if "FSDP" in spec["mode"]:
+        policy, ref = br.shard(policy, torch.device("cpu"), torch.float32), br.shard(ref, torch.device("cpu"),
+                                                                                       torch.float32)
     rng = random.Random(rank)
 
     def words() -> str:  # 32 random words of the embedded task: 32 tokens
@@ -106,7 +114,7 @@ def main():
         for mode, lora_r, processes in MODES:
             for gc in (False, True):
                 for size in SIZES:
-                    r = run({"size": size, "lora_r": lora_r, "gc": gc}, processes, tmp)
+                    r = run({"size": size, "lora_r": lora_r, "gc": gc, "mode": mode}, processes, tmp)
                     results.append({"mode": mode, "processes": processes, "gc": gc, "size": size, **r})
                     print(f"{mode}, {processes} process(es), checkpointing {'on' if gc else 'off'}, {size} "
                           f"({r['params'] / 1e6:.0f}M): peak {r['peak_bytes'] / 2**20:,.0f} MiB per process, "
@@ -117,13 +125,21 @@ def main():
              "| mode | processes | gradient checkpointing | " + " | ".join(f"peak MiB per process, {s}" for s in SIZES)
              + " | bytes per parameter (slope) | largest model, 1 x 80 GiB | largest model, 8 x 80 GiB |",
              "| --- | --- | --- | " + "--- | " * len(SIZES) + "--- | --- | --- |"]
+    def slope(mode, processes, gc):  # bytes per parameter
+        small, large = [r for r in results if (r["mode"], r["processes"], r["gc"]) == (mode, processes, gc)]
+        return (large["peak_bytes"] - small["peak_bytes"]) / (large["params"] - small["params"]), small, large
+
     for mode, _, processes in MODES:
         for gc in (False, True):
-            (small, large) = [r for r in results if r["mode"] == mode and r["gc"] == gc]
-            slope = (large["peak_bytes"] - small["peak_bytes"]) / (large["params"] - small["params"])
-            fits = 80 * GIB / slope / 1e9  # every process holds the whole model: 8 GPUs fit what one does
+            cost, small, large = slope(mode, processes, gc)
+            one = eight = cost  # every process holds the whole model: 8 GPUs fit what one does
+            if "FSDP" in mode:  # cost(N) = a + b / N, from N = 2 and 4
+                b = 4 * (slope(mode, 2, gc)[0] - slope(mode, 4, gc)[0])
+                a = slope(mode, 2, gc)[0] - b / 2
+                one, eight = a + b, a + b / 8
             lines.append(f"| {mode} | {processes} | {'on' if gc else 'off'} | {small['peak_bytes'] / 2**20:,.0f} | "
-                         f"{large['peak_bytes'] / 2**20:,.0f} | {slope:.1f} | {fits:.1f}B | {fits:.1f}B |")
+                         f"{large['peak_bytes'] / 2**20:,.0f} | {cost:.1f} | {80 * GIB / one / 1e9:.1f}B | "
+                         f"{80 * GIB / eight / 1e9:.1f}B |")
     table = "\n".join(lines)
     print("\n" + table)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
