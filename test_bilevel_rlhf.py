@@ -1573,6 +1573,47 @@ def test_fsdp_gives_the_gradient_of_ddp(tiny_files, tmp_path):
     assert not too_far, too_far
 
 
+def test_fsdp_generation_gathers_the_weights_once_not_per_token(monkeypatch):
+    # One process, a Gloo group of one: count the gathers, i.e. the unshards of a module whose weights are sharded
+    # (with one rank FSDP2 copies instead of calling the all-gather; with more it all-gathers: torch 2.14's
+    # FSDPParamGroup.unshard). Inside `gathered`, sampling 16 tokens and scoring them gather nothing more (one
+    # gather per sharded module on entry), and the samples and log-probs are bitwise those of the unsharded model;
+    # FSDP's default (no `gathered`) gathers every block for every token.
+    import torch.distributed as dist
+    from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
+
+    model, tok = tiny_model()
+    plain, _ = tiny_model()
+    args = br.validate(br.Args(max_new_tokens=16, output_dir="unused"))
+    prompt_ids, prompt_mask = br.encode_prompts(tok, ["the plot", "i loved the film . it was"], 32, "cpu")
+    gathers, unshard = [], FSDPParamGroup.unshard
+
+    def counting_unshard(group, *args, **kwargs):
+        gathers.extend([] if group.is_unsharded else [group])
+        return unshard(group, *args, **kwargs)
+    monkeypatch.setattr(FSDPParamGroup, "unshard", counting_unshard)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        br.shard(model, torch.device("cpu"), torch.float32)
+        n_modules = len(br.fsdp_modules(model))
+        assert n_modules == 1 + len(plain.transformer.h)  # each block, then the root
+        with br.gathered(model):
+            assert len(gathers) == n_modules
+            ys = br.sample(model, tok, prompt_ids, prompt_mask, n=2, seed=3, args=args)
+            logps = br.sequence_logps(model, *br.join(prompt_ids, prompt_mask, ys, tok.pad_token_id))
+            assert len(gathers) == n_modules  # nothing more while generating and scoring
+        assert ys == br.sample(plain, tok, prompt_ids, prompt_mask, n=2, seed=3, args=args)
+        assert max(map(len, ys)) > 8  # long enough for the count below to mean something
+        assert torch.equal(logps, br.sequence_logps(plain, *br.join(prompt_ids, prompt_mask, ys, tok.pad_token_id)))
+        before = len(gathers)
+        with torch.no_grad():  # without `gathered`: every block, every token
+            model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False, max_new_tokens=8,
+                           min_new_tokens=8, pad_token_id=tok.pad_token_id, synced_gpus=False)
+        assert len(gathers) - before >= 8 * len(plain.transformer.h)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_fsdp_resumes_after_a_kill_from_its_sharded_checkpoint(tiny_files, tmp_path, capsys):
     # As the DDP test above, with --fsdp: every rank writes its shards of the model and of AdamW's state
     # (torch.distributed.checkpoint) and is held before its second checkpoint; the run killed there and continued
