@@ -694,6 +694,7 @@ def test_help_documents_every_flag():
     (["--beta", "0"], "--beta"),
     (["--dtype", "fp16", "--device", "cpu"], "needs a CUDA device"),
     (["--lora-r", "-1"], "--lora-r must be >= 0"),
+    (["--fsdp", "--lora-r", "4"], "--fsdp and --lora-r: choose one"),
 ])
 def test_bad_flags_exit_2_with_a_message(flags, message, capsys):
     with pytest.raises(SystemExit) as e:

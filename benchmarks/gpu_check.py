@@ -17,6 +17,10 @@ benchmarks/gpu_check.sh after the CUDA tests. Three parts (--parts):
               OnlineDPOTrainer with its default (gradient checkpointing on) and with checkpointing off: the same
               policy, prompts, batch, new-token budget, learning rate, steps and precision; samples/s over steps
               2..N, peak GPU memory; each in a process of its own. Goal: this project >= 2x TRL's best.
+  llama8b     (issue 12) a Llama-architecture model of about 8B parameters built from a config on the meta device
+              (random weights, nothing downloaded; fp32 frozen base weights as the core loads them), LoRA r = 64 on
+              every linear layer, bf16 autocast, gradient checkpointing: --llama-steps SAIL-PR steps of
+              bilevel_rlhf.train (--llama-pairs pairs, 64 + 64 tokens); peak GPU memory and seconds per step.
 
     python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
     python benchmarks/gpu_check.py --tiny --device cpu --pairs 2 --gen-prompts 2 --prompt-tokens 8 \
@@ -292,12 +296,54 @@ def versus_trl(opts) -> dict:
     return out
 
 
+def llama8b(opts, device) -> dict:
+    """SAIL-PR steps with LoRA on a ~8B Llama built from a config: does the paper's largest setting fit one GPU?"""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    size = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256)  # Llama-3-8B's shapes
+    if opts.tiny:
+        size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=512)
+    with torch.device("meta"):
+        policy = LlamaForCausalLM(LlamaConfig(**size, max_position_embeddings=256, tie_word_embeddings=False))
+    policy = policy.to_empty(device=device)  # memory only: random weights, small enough to keep logits finite
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0)  # matrices ~ N(0, 0.02²), RMSNorm weights 1
+    policy.model.rotary_emb = type(policy.model.rotary_emb)(policy.config).to(device)  # to_empty left it empty
+    n_params = sum(p.numel() for p in policy.parameters())
+    tok = br.build_tokenizer()
+    args = br.validate(br.Args(model="llama", dataset="x", reward_fn="x:x", design="sail-pr", pr_fraction=1.0,
+                               steps=opts.llama_steps, warmup_steps=0, batch_size=opts.llama_pairs, max_new_tokens=64,
+                               max_prompt_length=64, eval_every=0, eval_prompts=1, output_dir="unused", lora_r=64,
+                               lora_alpha=16, lr=1e-4, gradient_checkpointing=True, device=str(device)))
+    policy = br.add_lora(policy, args)
+    br.enable_gradient_checkpointing(policy)
+    ref = br.AdaptersOff(policy)
+    rng = random.Random(0)
+    rows = [{"prompt": p, "raw_prompt": p, "chosen": None, "rejected": None}
+            for p in (" ".join(rng.choice(br.TASK_WORDS) for _ in range(64)) for _ in range(4 * opts.llama_pairs))]
+    amp_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    history = br.train(args, policy, ref, tok, rows, br.gold_reward, rows[:1], amp_dtype)
+    sync(device)
+    return {"params": n_params, "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
+            "pairs": opts.llama_pairs, "steps": len(history), "peak_gpu_mib": peak_mib(device),
+            "seconds_per_step": (time.perf_counter() - t0) / len(history), "loss": [m["loss"] for m in history],
+            "dtype": str(amp_dtype)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results/gpu_check.json")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model: a smoke run of this script")
-    parser.add_argument("--parts", default="generation,memory,trl", help="comma-separated subset of the three parts")
+    parser.add_argument("--parts", default="generation,memory,trl,llama8b", help="comma-separated subset of the parts")
+    parser.add_argument("--llama-pairs", type=int, default=4, help="llama8b part: pairs per step (2 samples each)")
+    parser.add_argument("--llama-steps", type=int, default=3, help="llama8b part: SAIL-PR steps")
     parser.add_argument("--pairs", type=int, nargs="+", default=[32],
                         help="memory part: pairs (prompts) per step; each value is measured")
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -345,6 +391,9 @@ def main():
                                   for r in goal]
     if "trl" in parts:
         summary["versus_trl"] = versus_trl(opts)
+    if "llama8b" in parts:
+        summary["llama8b_lora"] = llama8b(opts, device)
+        print(json.dumps(summary["llama8b_lora"]), flush=True)
     summary["wall_s"] = time.perf_counter() - t0
     os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
     with open(opts.out, "w") as f:

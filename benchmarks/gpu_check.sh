@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# GPU checks for a lent GPU machine (issues 5, 6 and 13), meant to finish in about 8 minutes on one H100 (an estimate:
+# GPU checks for a lent GPU machine (issues 5, 6, 12, 13), meant to finish in about 8 minutes on one H100 (an estimate:
 # the parts added for issue 13 have not run on a GPU yet):
 # 1. the CUDA-only tests of test_bilevel_rlhf.py (autocast dtype, GradScaler with fp16, bf16 reference, fp32
 #    log-probs under bf16 autocast, fused AdamW, the static KV cache compiled once and decoding as the dynamic one);
 # 2. benchmarks/gpu_check.py on a GPT-2-small-sized policy, one JSON summary: generation with the static KV cache
 #    (compiled, CUDA graphs) against the dynamic one; training pairs/s and peak memory against the peak before
 #    logits_to_keep; bilevel_rlhf.train against TRL's OnlineDPOTrainer (default, and checkpointing off);
+#    and (issue 12) SAIL-PR steps with LoRA r = 64 on a ~8B Llama built from a config, peak GPU memory;
 # 3. the embedded task end to end on the GPU (bf16 autocast by default), then the same under torchrun with one
-#    process (the NCCL process group; one GPU cannot hold two NCCL ranks).
+#    process (the NCCL process group; one GPU cannot hold two NCCL ranks), with DDP and with --fsdp.
 #
 # Part 2 needs trl and datasets, which the GPU machine lacks and cannot download (torch, transformers, accelerate,
 # peft, pyarrow, pandas, xxhash and huggingface_hub are there). Carry them as wheels: once, on this machine, in the
@@ -35,4 +36,6 @@ fi
 TQDM_DISABLE=1 "$PY" bilevel_rlhf.py --quick --steps 60 --eval-every 30 --output-dir "$RUNS/one"
 TQDM_DISABLE=1 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 bilevel_rlhf.py --quick --steps 20 \
     --design mix --output-dir "$RUNS/torchrun"
+TQDM_DISABLE=1 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 bilevel_rlhf.py --quick --steps 20 \
+    --design mix --fsdp --output-dir "$RUNS/fsdp"  # FSDP2 over NCCL, bf16 parameters in the forward
 echo "gpu_check.sh: all checks passed"
