@@ -1467,6 +1467,8 @@ def stop_requested(device) -> bool:
 # Putting it together
 
 def main(argv=None) -> dict:
+    from transformers import set_seed
+
     args = parse_args(argv)
 
     # device (chosen in validate: cuda, then mps, then cpu; one GPU per rank under torchrun) and precision
@@ -1475,15 +1477,11 @@ def main(argv=None) -> dict:
     amp_dtype, why = choose_precision(args, device)
     if args.fsdp and not dist.is_initialized():
         raise RunError("--fsdp shards the model over the processes of torchrun: launch it with torchrun (README)")
-    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere and later: free speed, fp32 range
-    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later: free speed, fp32 range
     print(f"device: {device}" + (f" (and {world - 1} more data-parallel ranks)" if world > 1 else "") +
           f", precision: {why}")
 
-    # seeding (the embedded task seeds itself; rollouts are seeded from (seed, step) in train)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    set_seed(args.seed)  # Python, numpy, torch; the embedded task seeds itself, rollouts from (seed, step) in train
 
     # policy, data and oracle: every input is checked here, before anything is written
     if args.model is None:
