@@ -576,8 +576,7 @@ class Args:
         "summed log-probs: IPO Eq. 17 as written); ipo-token (squared, on per-token log-ratios: TRL's form); slic (the "
         "hinge max(0, 1 − βΔ) on the reference-normalized margin, TRL's hinge; not SLiC-HF's loss on raw log-probs)")
     beta: Optional[float] = arg(None, "β, the KL strength of the lower level and the scale of the implicit reward "
-        "(default: 0.1; 1.0 with --loss slic, whose hinge max(0, 1 − βΔ) then asks for SLiC-HF's margin of 1 nat "
-        "rather than 10)")
+        "(default: 0.1; 1.0 with --loss slic, so that its hinge asks for SLiC-HF's margin of 1 nat rather than 10)")
     dp_fraction: Optional[float] = arg(None, "r: fraction of DP examples, dataset pairs relabelled by the policy "
         f"(default: {PAPER_FRACTIONS['dp']} in sail-dp, {MIX_SCALE} × that in mix)")
     dp_coef: float = arg(0.2, "ρ: coefficient of the label term (3) on DP examples")
@@ -590,9 +589,8 @@ class Args:
     baseline: Literal["loo", "none"] = arg("loo", "baseline b of term (2): leave-one-out mean of ℓ, or none")
     oracle_label: Literal["sample", "argmax"] = arg("sample", "a Bradley-Terry draw on the oracle's scores, or the "
         "higher score (ties a coin flip)")
-    self_labels: Optional[Literal["sample", "expect"]] = arg(None, "labels of DP and PP examples: sample (a "
-        "Bradley-Terry draw from the implicit reward, the paper's) or expect (the closed-form expectation over the "
-        f"label, no label noise; ALGORITHM.md §6b) (default: {SELF_LABELS_DEFAULT})")
+    self_labels: Literal["sample", "expect"] = arg(SELF_LABELS_DEFAULT, "labels of DP and PP examples: sample (a "
+        "Bradley-Terry draw from the implicit reward, the paper's) or expect (no label noise, ALGORITHM.md §6b)")
     revkl_coef: Optional[float] = arg(None, "λ of the SAIL-RevKL penalty: λ × the exact next-token KL(pi_ref ‖ pi_θ) "
         f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, 0 otherwise)")
 
@@ -603,9 +601,8 @@ class Args:
         "draws from a slightly different distribution than the fp32 log-probs that it differentiates)")
     top_p: float = arg(1.0, "nucleus sampling; term (2) is unbiased only at 1.0")
     top_k: int = arg(0, "top-k sampling, 0 = off; term (2) is unbiased only at 0")
-    static_cache: Literal["auto", "on", "off"] = arg("auto", "generate with a static KV cache, sized once and reused, "
-        "whose decoding step transformers compiles into CUDA graphs on a GPU: auto = on for CUDA where the model "
-        "supports it, off elsewhere (no faster on a CPU, README \"Generation on a GPU\")")
+    static_cache: Literal["auto", "on", "off"] = arg("auto", "generate with a static KV cache (CUDA graphs on a GPU): "
+        "auto = on for CUDA where the model supports it, off elsewhere (README \"Generation on a GPU\")")
 
     # optimizer
     lr: Optional[float] = arg(None, "AdamW learning rate (default: 1e-4 on the embedded task, 5e-7 with --model)")
@@ -635,8 +632,7 @@ class Args:
 
 
 def parse_args(argv=None) -> Args:
-    """Flags and --help from Args (transformers' HfArgumentParser); a .yaml/.yml/.json file given first sets the
-    flags it names (TRL-style config files, field names as keys), and flags after it override them."""
+    """Args from the flags; a .yaml/.yml/.json file given first sets the fields it names, later flags override it."""
     import yaml  # a dependency of transformers
     from transformers import HfArgumentParser
 
@@ -662,26 +658,20 @@ def parse_args(argv=None) -> Args:
 def validate(args: Args) -> Args:
     """Fill the defaults that depend on the task, check the flags once, and return the args."""
     embedded = args.model is None
-    if args.output_dir is None:
-        name = "embedded" if embedded else f"{os.path.basename(args.model.rstrip('/'))}-{args.design}"
-        args.output_dir = os.path.join("runs", name)
-    if args.lr is None:
-        args.lr = 1e-4 if embedded else 5e-7
-    if embedded and args.max_new_tokens is None:  # with --model, fit_context sizes it to the model's context
-        args.max_new_tokens = 24
+    run_name = "embedded" if embedded else f"{os.path.basename(args.model.rstrip('/'))}-{args.design}"
+    defaults = {  # of the flags left at None
+        "output_dir": os.path.join("runs", run_name),
+        "lr": 1e-4 if embedded else 5e-7,
+        "max_new_tokens": 24 if embedded else None,  # with --model, fit_context sizes it to the model's context
+        "revkl_coef": REVKL_DEFAULTS.get(args.design, 0.0),  # chosen from the study in the README, "Stability"
+        **{f"{s}_fraction": f * (MIX_SCALE if args.design == "mix" else 1.0) for s, f in PAPER_FRACTIONS.items()},
+        "beta": 1.0 if args.loss == "slic" else 0.1,
+        "device": "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if embedded and args.max_prompt_length is None:
         args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
-    if args.revkl_coef is None:  # chosen from the study in the README, "Stability"
-        args.revkl_coef = REVKL_DEFAULTS.get(args.design, 0.0)
-    if args.self_labels is None:
-        args.self_labels = SELF_LABELS_DEFAULT
-    for source, fraction in PAPER_FRACTIONS.items():
-        if getattr(args, f"{source}_fraction") is None:
-            setattr(args, f"{source}_fraction", fraction * (MIX_SCALE if args.design == "mix" else 1.0))
-    if args.beta is None:
-        args.beta = 1.0 if args.loss == "slic" else 0.1
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     unit = ("dp_fraction", "pp_fraction", "pr_fraction", "dp_coef", "pp_coef", "pr_coef")
     for failed, message in [  # (condition, what to tell the user)
         (not embedded and args.dataset is None, "--model needs --dataset (a .jsonl/.json file or a hub dataset id)"),
@@ -799,13 +789,10 @@ def supervised_finetune(model, tok, texts: list[str], steps: int, batch_size: in
     for _ in tqdm(range(steps), desc="sft", leave=False):
         batch = [texts[i] + tok.eos_token for i in torch.randint(len(texts), (batch_size,), generator=g)]
         enc = tok(batch, return_tensors="pt", padding=True).to(device)  # (64, T), right-padded
-        logits = model(**enc).logits[:, :-1]  # (64, T-1, V): position t predicts token t + 1
-        labels = enc.input_ids[:, 1:].masked_fill(enc.attention_mask[:, 1:] == 0, -100)  # (64, T-1), no padding
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        loss.backward()
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)  # (64, T), no loss on padding
+        model(**enc, labels=labels).loss.backward()  # transformers shifts the labels: position t predicts t + 1
         opt.step()
         opt.zero_grad(set_to_none=True)  # NOTE: after the step, so that no gradient is left for the first SAIL step
-    return model
 
 
 def build_embedded_task(args: Args, device):
@@ -830,12 +817,11 @@ def build_embedded_task(args: Args, device):
         prompt_ids, prompt_mask = encode_prompts(tok, chunk, args.max_prompt_length, device)
         ys = sample(policy, tok, prompt_ids, prompt_mask, n=2, seed=10_000 + i, args=gen_args)
         texts = tok.batch_decode(ys, skip_special_tokens=True)
-        first_wins, _ = oracle_label(gold_reward(chunk, texts[:len(chunk)]), gold_reward(chunk, texts[len(chunk):]),
-                                     "sample", g)
-        for j, prompt in enumerate(chunk):
-            a, b = texts[j], texts[len(chunk) + j]
-            rows.append({"prompt": prompt, "raw_prompt": prompt, "chosen": a if first_wins[j] else b,
-                         "rejected": b if first_wins[j] else a})
+        firsts, seconds = texts[:len(chunk)], texts[len(chunk):]
+        first_wins, _ = oracle_label(gold_reward(chunk, firsts), gold_reward(chunk, seconds), "sample", g)
+        for prompt, a, b, a_wins in zip(chunk, firsts, seconds, first_wins):
+            chosen, rejected = (a, b) if a_wins else (b, a)
+            rows.append({"prompt": prompt, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected})
     eval_rows = [{"prompt": p, "raw_prompt": p} for p, _ in (random_review(rng) for _ in range(args.eval_prompts))]
     return policy, tok, rows, eval_rows
 
@@ -864,8 +850,7 @@ def load_policy(name: str, device):
     tok = from_pretrained(AutoTokenizer, name)
     if tok.pad_token is None:  # safe: masks are built by position, never by token id (ALGORITHM.md §8)
         tok.pad_token = tok.eos_token
-    model = from_pretrained(AutoModelForCausalLM, name, dtype=torch.float32).to(device)  # fp32 master weights
-    return model, tok
+    return from_pretrained(AutoModelForCausalLM, name, dtype=torch.float32).to(device), tok  # fp32 master weights
 
 
 def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
@@ -917,8 +902,7 @@ def load_reward_fn(spec: str) -> Callable:
 
 
 def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[float]:
-    """The oracle's scores of (prompt, response) pairs, checked: one finite number per response. Anything else, or an
-    exception inside the oracle, stops the run with one line (before the update: the last checkpoint stays intact)."""
+    """The oracle's scores, checked: one finite number per response; anything else, or an exception, is a RunError."""
     stop = f"{when}: the oracle %s; stopped before any update, the last checkpoint is intact"
     try:
         scores = oracle(prompts, responses)
@@ -972,8 +956,7 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
             rows += [(f"{source}:{line_no}", row)] if line.strip() else []
         return rows
 
-    # NOTE: on Linux os.sep is "/", which every hub id ("org/name") contains, so a path is recognised by its
-    # extension, a leading "/", "." or "~", or more than one "/".
+    # a path, not a hub id ("org/name"): a data file's extension, a leading "/", "." or "~", or more than one "/"
     if (source.endswith((".json", ".jsonl")) or source.startswith(("/", ".", "~")) or source.count("/") > 1
             or "\\" in source) and not os.path.isdir(source):
         raise RunError(f"{source}: no such file")
@@ -1033,11 +1016,9 @@ def render_response(tok, messages: list[dict], prompt_text: str, response: list[
 
 
 def normalize_row(row: dict, tok, where: str) -> dict:
-    """One row in any supported format -> {"prompt": str, "raw_prompt": str | list[dict], "chosen": str | None,
-    "rejected": str | None}; `where` ("prefs.jsonl:12") goes into every error message. The formats (README):
-    standard (prompt, chosen, rejected: strings), conversational (the same as message lists, rendered with the chat
-    template), implicit prompt (chosen, rejected only: HH-RLHF transcripts or conversations that share the prompt),
-    prompt only (for the online designs)."""
+    """One row in any format of the README (standard, conversational, implicit prompt, prompt only) -> {"prompt": str,
+    "raw_prompt": str | list[dict], "chosen": str | None, "rejected": str | None}, message lists rendered with the
+    chat template; `where` ("prefs.jsonl:12") goes into every error message."""
     present = [key for key in ("prompt", "chosen", "rejected") if key in row]
     if ("chosen" in row) != ("rejected" in row):
         raise RunError(f"{where}: missing field {'rejected' if 'chosen' in row else 'chosen'!r} (a preference pair "
@@ -1157,20 +1138,15 @@ def encode_responses(tok, texts: list[str], max_tokens: int) -> list[list[int]]:
 
 def join(prompt_ids, prompt_mask, responses: list[list[int]], pad_id: int):
     """Stack each prompt with each of its responses into one sequence per row. `responses` holds n responses per
-    prompt as [all B firsts; all B seconds; ...]. Returns input_ids and attention_mask, (nB, T), and response_mask,
-    (nB, R): the response tokens among the last R columns. Rows i, i + B, ... share prompt i."""
+    prompt as [all B firsts; all B seconds; ...], so rows i, i + B, ... share prompt i. Returns input_ids and
+    attention_mask, (nB, T), and response_mask, (nB, R): the response tokens among the last R columns."""
     n = len(responses) // prompt_ids.shape[0]
     R = max(1, max(len(r) for r in responses))
-    resp = torch.full((len(responses), R), pad_id, dtype=torch.long)
-    resp_mask = torch.zeros((len(responses), R), dtype=torch.long)
-    for i, r in enumerate(responses):
-        resp[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        resp_mask[i, :len(r)] = 1
-    device = prompt_ids.device
-    prompt_ids, prompt_mask = prompt_ids.repeat(n, 1), prompt_mask.repeat(n, 1)  # (nB, P)
-    input_ids = torch.cat([prompt_ids, resp.to(device)], dim=1)  # (nB, T)
-    attention_mask = torch.cat([prompt_mask, resp_mask.to(device)], dim=1)  # (nB, T)
-    return input_ids, attention_mask, resp_mask.to(device)
+    resp = torch.tensor([r + [pad_id] * (R - len(r)) for r in responses], device=prompt_ids.device)  # (nB, R)
+    resp_mask = torch.tensor([[1] * len(r) + [0] * (R - len(r)) for r in responses], device=prompt_ids.device)
+    input_ids = torch.cat([prompt_ids.repeat(n, 1), resp], dim=1)  # (nB, T)
+    attention_mask = torch.cat([prompt_mask.repeat(n, 1), resp_mask], dim=1)  # (nB, T)
+    return input_ids, attention_mask, resp_mask
 
 # --------------------------------------------------------------------------------------------------------------
 # Checkpoints and the output folder
@@ -1278,13 +1254,14 @@ def prepare_output_dir(args: Args) -> Optional[str]:
 
 def choose_precision(args: Args, device: torch.device):
     """Autocast dtype for the run and a line saying why. Master weights stay fp32 in every case."""
-    if args.dtype == "auto" and device.type == "cuda":
-        return (torch.bfloat16, "bf16 autocast (supported by this GPU)") if torch.cuda.is_bf16_supported() else \
-            (torch.float16, "fp16 autocast with a GradScaler (this GPU has no bf16)")
-    if args.dtype == "auto":
+    if args.dtype != "auto":
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        return dtype, f"{args.dtype} (--dtype)"
+    if device.type != "cuda":
         return torch.float32, f"fp32 (no autocast on {device.type})"
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    return dtype, f"{args.dtype} (--dtype)"
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, "bf16 autocast (supported by this GPU)"
+    return torch.float16, "fp16 autocast with a GradScaler (this GPU has no bf16)"
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype):
@@ -1310,8 +1287,7 @@ def enable_gradient_checkpointing(model):
 
 
 def fit_context(args: Args, context: Optional[int]):
-    """Resolve --max-new-tokens and --max-prompt-length so that prompt + response fit the model's context (None =
-    unknown): by default 128 new tokens, or a quarter of the context if that is less."""
+    """Fill in --max-new-tokens and --max-prompt-length from the model's context (None = unknown), and check them."""
     if args.max_new_tokens is None:
         args.max_new_tokens = min(128, context // 4) if context else 128
     if args.max_prompt_length is None:
