@@ -71,7 +71,12 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
@@ -264,7 +269,7 @@ def static_cache(model, rows: int, args: Args):
     from transformers import StaticCache
 
     compilable = model.device.type == "cuda" and getattr(model, "_can_compile_fullgraph", False)
-    if args.static_cache == "off" or (args.static_cache == "auto" and not compilable) or fsdp_modules(model):
+    if args.static_cache == "off" or (args.static_cache == "auto" and not compilable) or isinstance(model, FSDPModule):
         return None
     # NOTE: never with peft adapters disabled (the reference under LoRA): compiled, it can be silently wrong (peft)
     if any(getattr(m, "_disable_adapters", False) for m in model.modules()):
@@ -358,7 +363,7 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
     rank, world = rank_and_world()
     # under torchrun the training forward goes through DDP, which all-reduces the gradients in backward; sampling and
     # evaluation use the bare policy. A policy that FSDP2 sharded (`shard`) reduce-scatters its gradients itself.
-    sharded = bool(fsdp_modules(policy))
+    sharded = isinstance(policy, FSDPModule)
     model = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 and not sharded else policy
     # fused on CUDA: "theoretically fastest" (torch.optim docs) and, with a GradScaler, no found_inf.item() sync
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay,
@@ -1163,13 +1168,10 @@ def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, sca
     checkpoint), rank 0 the rest."""
     final = os.path.join(output_dir, f"checkpoint-{step:07d}")
     tmp = os.path.join(output_dir, f".tmp-checkpoint-{step:07d}")
-    (rank, world), sharded = rank_and_world(), bool(fsdp_modules(policy))
+    (rank, world), sharded = rank_and_world(), isinstance(policy, FSDPModule)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     if sharded:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
         dist.barrier()  # rank 0 has removed what a crash left
         dcp.save(dict(zip(("model", "optimizer"), get_state_dict(policy, opt))), checkpoint_id=tmp)
         if rank != 0:
@@ -1192,16 +1194,13 @@ def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, sca
 def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
     """Restore what save_checkpoint wrote; returns the number of steps already done."""
     state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)  # our own file (RNG tuples)
-    world, sharded = rank_and_world()[1], bool(fsdp_modules(policy))
+    world, sharded = rank_and_world()[1], isinstance(policy, FSDPModule)
     if state.get("world_size", 1) != world:  # each rank's share of the data depends on the world size
         raise RunError(f"{path} was written by a run with {state.get('world_size', 1)} process(es); resume it with "
                        f"the same number (this run has {world}), or start over with --overwrite")
     if (state["optimizer"] is None) != sharded:
         raise RunError(f"{path} was written by a run {'without' if sharded else 'with'} --fsdp: resume it the same way")
     if sharded:  # this rank's shards, read into the state dicts' own sharded tensors
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
         # NOTE: get_state_dict gives a fresh optimizer its state by a step at lr 0; the load then overwrites it
         shards = dict(zip(("model", "optimizer"), get_state_dict(policy, opt)))
         dcp.load(shards, checkpoint_id=path)
@@ -1381,9 +1380,6 @@ def shard(model, device: torch.device, amp_dtype: torch.dtype):
     what is left (embeddings, final norm, a tied head), sharded over all ranks: every rank holds 1/world of the fp32
     weights, gradients and AdamW state. A block's weights are all-gathered in autocast's dtype (bf16) just before it
     runs and freed after it; gradients are reduce-scattered, averaged, in fp32."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # on CPU: Gloo
     mixed = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
     blocks = [m for m in model.modules() if type(m).__name__ in (model._no_split_modules or [])]
@@ -1397,21 +1393,13 @@ def shard(model, device: torch.device, amp_dtype: torch.dtype):
     return model
 
 
-def fsdp_modules(model) -> list:
-    """The modules of model that FSDP2 sharded, root first; [] without --fsdp."""
-    if not dist.is_initialized():
-        return []
-    from torch.distributed.fsdp import FSDPModule
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
-
-
 @contextlib.contextmanager
 def gathered(*models):
     """With --fsdp: all-gather the models' weights once and keep them for every forward inside, then free them. In
     generate() each new token is a forward: without this, an all-gather per block per token, and generate() would
     keep ranks that finished early running dummy forwards for the others (transformers sets synced_gpus under FSDP;
     `sample` turns it off: inside, no forward communicates). Every rank must enter together. Else a no-op."""
-    shards = [fsdp_modules(model) for model in models]
+    shards = [[m for m in model.modules() if isinstance(m, FSDPModule)] for model in models]  # root first
     for m in sum(shards, []):
         m.set_reshard_after_forward(False, recurse=False)
         m.unshard()
@@ -1518,7 +1506,6 @@ def main(argv=None) -> dict:
                         resume_from=resume_from, log=log)
     state_dict = None  # save_pretrained's default: the model's own
     if args.fsdp:  # the whole model, gathered into rank 0's memory (every rank sends its shards)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return {}
