@@ -794,8 +794,9 @@ def supervised_finetune(model, tok, texts: list[str], steps: int, batch_size: in
     for _ in tqdm(range(steps), desc="sft", leave=False):
         batch = [texts[i] + tok.eos_token for i in torch.randint(len(texts), (batch_size,), generator=g)]
         enc = tok(batch, return_tensors="pt", padding=True).to(device)  # (64, T), right-padded
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)  # (64, T), no loss on padding
-        model(**enc, labels=labels).loss.backward()  # transformers shifts the labels: position t predicts t + 1
+        logits = model(**enc).logits[:, :-1]  # (64, T-1, V): position t predicts token t + 1
+        labels = enc.input_ids[:, 1:].masked_fill(enc.attention_mask[:, 1:] == 0, -100)  # (64, T-1), no padding
+        F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)  # NOTE: after the step, so that no gradient is left for the first SAIL step
 
