@@ -356,7 +356,7 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
     """The SAIL training loop; returns the metrics of every step. With a checkpoint_dir it saves every --save-every
     steps and at the end. Under torchrun each rank trains on its own share of every rollout and DDP averages the
     gradients (the leave-one-out baseline is over the rank's own pairs), or FSDP2 shards them (--fsdp); rank 0 alone
-    evaluates and logs, and saves (with --fsdp every rank writes its shards)."""
+    evaluates, logs and saves (with --fsdp every rank evaluates with it and writes its shards)."""
     from transformers import get_scheduler
 
     device = next(policy.parameters()).device
@@ -489,9 +489,8 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         metrics["timing/samples_per_s"] = B * args.grad_accum * world / (time.perf_counter() - t0)
         if (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps:
             policy.eval()
-            with gathered(policy, ref):  # FSDP: every rank gathers the weights, then rank 0 alone evaluates
-                evaluation = evaluate(policy, ref, tok, eval_rows, oracle, args, amp_dtype,
-                                      when=f"evaluation at step {step + 1}") if rank == 0 else {}
+            evaluation = evaluate(policy, ref, tok, eval_rows, oracle, args, amp_dtype,
+                                  when=f"evaluation at step {step + 1}") if rank == 0 or sharded else {}
             metrics.update({"eval/" + k: v for k, v in evaluation.items()})
             policy.train()
         history.append(metrics)
@@ -516,24 +515,27 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
 def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=torch.float32,
              batch_size: int = 64, when: str = "evaluation") -> dict:
     """Sample one response per prompt of `rows` from the policy and from the reference (same seeds), compare them;
-    objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ(y|x) − log pi_ref(y|x)]."""
+    objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ(y|x) − log pi_ref(y|x)].
+    With --fsdp every rank evaluates (the same rows, the same result), holding one whole model at a time."""
     device = next(policy.parameters()).device
     kl, gold, wins = [], [], []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in chunk], args.max_prompt_length,
                                                  device)  # (B, P)
-        with autocast(device, amp_dtype):
+        with autocast(device, amp_dtype), gathered(policy):
             ys = sample(policy, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args)
             batch = join(prompt_ids, prompt_mask, ys, tok.pad_token_id)  # each (B, T)
-            kl += (sequence_logps(policy, *batch) - sequence_logps(ref, *batch)).tolist()
-            if oracle is not None:
-                ys_ref = sample(ref, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args)
-                raw_prompts = [r["raw_prompt"] for r in chunk]
-                g_pol, g_ref = np.split(np.array(ask_oracle(oracle, raw_prompts * 2, tok.batch_decode(
-                    ys + ys_ref, skip_special_tokens=True), when)), 2)
-                gold += g_pol.tolist()
-                wins += [float(a > b) + 0.5 * float(a == b) for a, b in zip(g_pol, g_ref)]  # ties count half
+            policy_logps = sequence_logps(policy, *batch)  # (B,)
+        with autocast(device, amp_dtype), gathered(ref):
+            kl += (policy_logps - sequence_logps(ref, *batch)).tolist()
+            ys_ref = sample(ref, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args) if oracle is not None else []
+        if oracle is not None:
+            raw_prompts = [r["raw_prompt"] for r in chunk]
+            g_pol, g_ref = np.split(np.array(ask_oracle(oracle, raw_prompts * 2, tok.batch_decode(
+                ys + ys_ref, skip_special_tokens=True), when)), 2)
+            gold += g_pol.tolist()
+            wins += [float(a > b) + 0.5 * float(a == b) for a, b in zip(g_pol, g_ref)]  # ties count half
     metrics = {"objective/kl": float(np.mean(kl))}
     if oracle is not None:
         metrics.update({"gold/reward": float(np.mean(gold)), "gold/win_rate": float(np.mean(wins))})
@@ -1395,22 +1397,21 @@ def shard(model, device: torch.device, amp_dtype: torch.dtype):
 
 
 @contextlib.contextmanager
-def gathered(*models):
-    """With --fsdp: all-gather the models' weights once and keep them for every forward inside, then free them. In
+def gathered(model):
+    """With --fsdp: all-gather the model's weights once and keep them for every forward inside, then free them. In
     generate() each new token is a forward: without this, an all-gather per block per token, and generate() would
     keep ranks that finished early running dummy forwards for the others (transformers sets synced_gpus under FSDP;
     `sample` turns it off: inside, no forward communicates). Every rank must enter together. Else a no-op."""
-    shards = [[m for m in model.modules() if isinstance(m, FSDPModule)] for model in models]  # root first
-    for m in sum(shards, []):
+    shards = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in shards:
         m.set_reshard_after_forward(False, recurse=False)
         m.unshard()
     try:
         yield
     finally:
-        for root, *blocks in filter(None, shards):  # back to FSDP's defaults: the root keeps its weights gathered
-            for m in (root, *blocks):  # after a forward, the blocks free theirs
-                m.reshard()
-                m.set_reshard_after_forward(m is not root, recurse=False)
+        for m in shards:  # back to FSDP's defaults: after a forward the root keeps its weights, the blocks free theirs
+            m.reshard()
+            m.set_reshard_after_forward(m is not model, recurse=False)
 
 
 SIGTERM = threading.Event()  # set by the handler that cli installs: a scheduler preempting the job sends SIGTERM
@@ -1493,11 +1494,10 @@ def main(argv=None) -> dict:
     if world > 1:
         dist.barrier()
 
-    # align (rank 0 evaluates and logs; with --fsdp the other ranks gather weights and save shards with it)
+    # align (rank 0 evaluates and logs; with --fsdp every rank evaluates, and saves its shards)
     t0 = time.perf_counter()
-    with gathered(ref):
-        before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype,
-                          when="evaluation of the reference") if rank == 0 else {}
+    before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype,
+                      when="evaluation of the reference") if rank == 0 or args.fsdp else {}
     with open(metrics_path if rank == 0 else os.devnull, "a") as f:
         def log(metrics):
             f.write(json.dumps(metrics) + "\n")
