@@ -1476,6 +1476,8 @@ def main(argv=None) -> dict:
     report = make_reporter(args) if rank == 0 else lambda m: None  # a missing package is refused before anything
     resume_from = prepare_output_dir(args)  # is deleted; every rank reaches the same decision, only rank 0 writes
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    if world > 1:  # every rank has read the old args.json (prepare_output_dir) before rank 0 writes the new one
+        dist.barrier()
     if rank == 0:
         os.makedirs(args.output_dir, exist_ok=True)
         pathlib.Path(args.output_dir, "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
