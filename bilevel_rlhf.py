@@ -58,6 +58,7 @@ import json
 import math
 import numbers
 import os
+import pathlib
 import random
 import re
 import shutil
@@ -936,8 +937,7 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
     """Raw rows with where each came from ("file.jsonl:LINE"), from a .jsonl file (one JSON object per line), a .json
     file (a list of objects), or a hub dataset id (`datasets.load_dataset(source, split=split)`, imported only then)."""
     if os.path.isfile(source):
-        with open(source, "rb") as f:
-            raw = f.read()
+        raw = pathlib.Path(source).read_bytes()
         try:
             text = raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is allowed
         except UnicodeDecodeError as e:
@@ -993,11 +993,8 @@ def split_transcripts(chosen: str, rejected: str, where: str) -> tuple[str, str,
 
 def split_conversations(chosen: list, rejected: list, where: str) -> tuple[list, list, list]:
     """TRL's implicit prompt: the longest shared run of messages followed by an assistant message in both."""
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
-    for cut in range(shared, 0, -1):
-        if cut < min(len(chosen), len(rejected)) and chosen[cut]["role"] == rejected[cut]["role"] == "assistant":
+    for cut in range(min(len(chosen), len(rejected)) - 1, 0, -1):
+        if chosen[:cut] == rejected[:cut] and chosen[cut]["role"] == rejected[cut]["role"] == "assistant":
             return chosen[:cut], chosen[cut:], rejected[cut:]
     raise RunError(f"{where}: 'chosen' and 'rejected' without a 'prompt' must be conversations that share the "
                      "prompt messages and then differ from an assistant message on")
@@ -1049,10 +1046,8 @@ def normalize_row(row: dict, tok, where: str) -> dict:
     if prompt is None:
         split = split_transcripts if isinstance(chosen, str) else split_conversations
         prompt, chosen, rejected = split(chosen, rejected, where)
-    if isinstance(prompt, str):  # standard text is used as given: no chat template (as in TRL)
-        return {"prompt": prompt, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected}
-    text = render_prompt(tok, prompt)
-    if chosen is not None:
+    text = prompt if isinstance(prompt, str) else render_prompt(tok, prompt)  # standard text as given (as in TRL)
+    if isinstance(prompt, list) and chosen is not None:
         chosen, rejected = (render_response(tok, prompt, text, y) for y in (chosen, rejected))
     return {"prompt": text, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected}
 
@@ -1483,14 +1478,14 @@ def main(argv=None) -> dict:
     report = make_reporter(args) if rank == 0 else lambda m: None  # a missing package is refused before anything
     resume_from = prepare_output_dir(args)  # is deleted; every rank reaches the same decision, only rank 0 writes
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    if world > 1:  # every rank has read the old args.json (prepare_output_dir) before rank 0 writes the new one
+        dist.barrier()
     if rank == 0:
         os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
-            json.dump(dataclasses.asdict(args), f, indent=2)
+        pathlib.Path(args.output_dir, "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
         done = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
         kept = [line for line in open(metrics_path) if json.loads(line)["step"] <= done] if done else []
-        with open(metrics_path, "w") as f:
-            f.writelines(kept)
+        pathlib.Path(metrics_path).write_text("".join(kept))
     if world > 1:
         dist.barrier()
 
@@ -1500,8 +1495,7 @@ def main(argv=None) -> dict:
                       when="evaluation of the reference") if rank == 0 or args.fsdp else {}
     with open(metrics_path if rank == 0 else os.devnull, "a") as f:
         def log(metrics):
-            f.write(json.dumps(metrics) + "\n")
-            f.flush()
+            print(json.dumps(metrics), file=f, flush=True)
             report(metrics)
         history = train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype, checkpoint_dir=args.output_dir,
                         resume_from=resume_from, log=log)
@@ -1511,7 +1505,7 @@ def main(argv=None) -> dict:
     if rank != 0:
         return {}
     final = [json.loads(line) for line in open(metrics_path)][-1]
-    after = {k[len("eval/"):]: v for k, v in final.items() if k.startswith("eval/")}
+    after = {k.removeprefix("eval/"): v for k, v in final.items() if k.startswith("eval/")}
 
     # report and save
     keys = [k for k in ("gold/reward", "gold/win_rate", "objective/kl") if k in after]
