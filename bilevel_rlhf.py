@@ -854,12 +854,16 @@ def from_pretrained(auto_class, name: str, **kwargs):
 
 def load_policy(name: str, device):
     """Any causal LM and its tokenizer, from the hub or a local folder; a missing pad token becomes EOS."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tok = from_pretrained(AutoTokenizer, name)
     if tok.pad_token is None:  # safe: masks are built by position, never by token id (ALGORITHM.md §8)
         tok.pad_token = tok.eos_token
-    return from_pretrained(AutoModelForCausalLM, name, dtype=torch.float32).to(device), tok  # fp32 master weights
+    model = from_pretrained(AutoModelForCausalLM, name, dtype=torch.float32).to(device)  # fp32 master weights
+    # NOTE: generate() takes every option that `sample` leaves unset from the model's generation config, where the hub's
+    # may set a repetition penalty, min_p, ...: samples from another distribution than pi_θ. Start from none of them.
+    model.generation_config = GenerationConfig()
+    return model, tok
 
 
 def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
@@ -1270,6 +1274,7 @@ def make_reference(policy, amp_dtype: torch.dtype):
     """A frozen copy of the policy: pi_ref. Held in bf16 on CUDA when the run is bf16 (it needs no master copy)."""
     ref = type(policy)(policy.config).to(next(policy.parameters()).device)
     ref.load_state_dict(policy.state_dict())
+    ref.generation_config = policy.generation_config  # the same sampling options
     ref.eval().requires_grad_(False)
     if amp_dtype == torch.bfloat16 and ref.device.type == "cuda":
         ref.to(torch.bfloat16)

@@ -1083,6 +1083,24 @@ def run_in_process(flags, capsys):
     return code, out, err
 
 
+def test_a_models_own_sampling_defaults_do_not_reach_the_sampler(tmp_path):
+    # generate() fills every option that `sample` leaves unset from the model's generation config, and a hub model's
+    # may set some (Qwen's: a repetition penalty): its samples would then not come from pi_θ, which term (2), the
+    # self-labels and the KL estimate assume. load_policy starts from a neutral config; the reference shares it.
+    model, tok = tiny_model()
+    model.generation_config.repetition_penalty, model.generation_config.no_repeat_ngram_size = 5.0, 1
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    loaded, tok = br.load_policy(str(tmp_path / "m"), "cpu")
+    plain, _ = tiny_model()  # the same weights, with the default config of its GPT2Config
+    args = br.validate(br.Args(max_new_tokens=16, output_dir="unused"))
+    prompt_ids, prompt_mask = br.encode_prompts(tok, ["the plot", "i loved the film . it was", "it"], 32, "cpu")
+    want = br.sample(plain, tok, prompt_ids, prompt_mask, n=4, seed=5, args=args)
+    assert br.sample(loaded, tok, prompt_ids, prompt_mask, n=4, seed=5, args=args) == want
+    ref = br.make_reference(loaded, torch.float32)
+    assert br.sample(ref, tok, prompt_ids, prompt_mask, n=4, seed=5, args=args) == want
+
+
 def weights(folder):
     from transformers import AutoModelForCausalLM
 
