@@ -1533,6 +1533,8 @@ def cli(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: SIGTERM.set())  # acted on after the current step
     try:
         main(argv)
+        if dist.is_initialized():  # NOTE: a rank that destroys its process group while rank 0 still saves the model
+            dist.barrier()  # was seen to abort in Gloo's teardown (exit code -6, "terminate called without an ...")
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
