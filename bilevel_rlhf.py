@@ -700,8 +700,8 @@ def validate(args: Args) -> Args:
         (not 0.0 <= args.eval_fraction < 1.0, f"--eval-fraction must be in [0, 1), got {args.eval_fraction}"),
         (args.lora_r < 0 or not 0.0 <= args.lora_dropout < 1.0,
          f"--lora-r must be >= 0 and --lora-dropout in [0, 1), got {args.lora_r}, {args.lora_dropout}"),
-        (args.fsdp and args.lora_r, "--fsdp and --lora-r: choose one (LoRA needs no sharding up to ~60B parameters on "
-         "an 80 GB GPU, README \"What fits where\"; FSDP trains every weight)"),
+        (args.fsdp and args.lora_r, "--fsdp and --lora-r: choose one (LoRA fits about 19B parameters on one 80 GiB "
+         "GPU without sharding, README \"What fits where\"; FSDP trains every weight)"),
         (args.fsdp and args.dtype == "fp16", "--fsdp runs in bf16 or fp32: --dtype fp16 needs a GradScaler that "
          "FSDP2's sharded gradients are not tested with")]:
         if failed:

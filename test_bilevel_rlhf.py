@@ -1448,6 +1448,22 @@ def kill_tree(proc: subprocess.Popen, timeout: float = 60):
     return frozen
 
 
+def kill_at_second_checkpoint(tmp_path, flags) -> dict[int, int]:
+    """Start a 2-rank run, wait until rank 0 is held before its second checkpoint ($HOLD_AT_SAVE), kill the whole tree
+    (kill_tree) and return it."""
+    marker = tmp_path / "held"
+    proc = torchrun(tmp_path, 2, flags, wait=False, env={"HOLD_AT_SAVE": "2", "HOLD_MARKER": str(marker)})
+    try:
+        deadline = time.monotonic() + 600
+        while not marker.exists():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run did not reach its second checkpoint"
+            time.sleep(0.05)
+    finally:  # also when the wait fails: a held rank would sleep forever
+        tree = kill_tree(proc)
+    return tree
+
+
 def test_torchrun_keeps_the_ranks_identical(tiny_files, tmp_path):
     # mix: every source (offline, self-labelled, sampled, oracle-labelled); --grad-accum 2: DDP syncs the gradient
     # on the last micro-step only; with gradient checkpointing under DDP
@@ -1536,17 +1552,9 @@ def test_torchrun_resumes_after_a_kill_with_the_same_world_size(torchrun_full_ru
     # but not saved, so the resumed run must drop them and redo them from checkpoint-0000002. The hold, not the
     # timing of this process, decides where the run stops: under load, polling raced it (the run could be past
     # the next checkpoint, or done, by the time the poll saw the first).
-    killed, marker = tmp_path / "killed", tmp_path / "held"
+    killed = tmp_path / "killed"
     flags[flags.index("--output-dir") + 1] = str(killed)
-    proc = torchrun(tmp_path, 2, flags, wait=False, env={"HOLD_AT_SAVE": "2", "HOLD_MARKER": str(marker)})
-    try:
-        deadline = time.monotonic() + 600
-        while not marker.exists():
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the run did not reach its second checkpoint"
-            time.sleep(0.05)
-    finally:  # also when the wait fails: a held rank would sleep forever
-        tree = kill_tree(proc)
+    tree = kill_at_second_checkpoint(tmp_path, flags)
     assert len(tree) >= 3  # torchrun and its two ranks, all gone: nothing writes into `killed` now
     assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-0000002"]
     assert [json.loads(line)["step"] for line in open(killed / "metrics.jsonl")][:3] == [1, 2, 3]
@@ -1650,17 +1658,9 @@ def test_fsdp_resumes_after_a_kill_from_its_sharded_checkpoint(tiny_files, tmp_p
     assert not torch.equal(saved["transformer.h.0.attn.c_attn.weight"],
                            weights(tiny_files / "policy")["transformer.h.0.attn.c_attn.weight"])  # it trained
 
-    killed, marker = tmp_path / "killed", tmp_path / "held"
+    killed = tmp_path / "killed"
     flags[flags.index("--output-dir") + 1] = str(killed)
-    proc = torchrun(tmp_path, 2, flags, wait=False, env={"HOLD_AT_SAVE": "2", "HOLD_MARKER": str(marker)})
-    try:
-        deadline = time.monotonic() + 600
-        while not marker.exists():
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the run did not reach its second checkpoint"
-            time.sleep(0.05)
-    finally:
-        kill_tree(proc)
+    kill_at_second_checkpoint(tmp_path, flags)
     assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-0000002"]
 
     code, _, err = run_in_process(flags, capsys)  # not under torchrun
