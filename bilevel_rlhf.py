@@ -66,7 +66,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 import numpy as np
@@ -90,7 +89,6 @@ OFFLINE, DP, PP, PR = range(4)
 REVKL_DEFAULTS = {"sail-pp": 0.1, "sail-dp": 0.1}  # --revkl-coef λ by design, 0 for the others (README, "Stability")
 PAPER_FRACTIONS = {"dp": 0.4, "pp": 0.3, "pr": 0.3}  # r, p, g: each design's share of DP, PP, PR examples
 MIX_SCALE = 0.6  # mix routes 0.6 × (r, p, g): 40% of its examples keep their dataset label (the paper's keep none)
-SELF_LABELS_DEFAULT = "expect"  # --self-labels: in expectation did better than sampled for every design (README)
 STREAMS = ("route", "sample", "oracle", "self")  # independent random streams of a rollout (ALGORITHM.md §6c)
 ROW_CHUNK = 8  # rows whose fp32 log-softmax over the vocabulary is alive at once
 
@@ -155,12 +153,9 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
         losses = torch.where(self_labeled, expected, losses)
 
     ell = losses.detach()
-    if baseline == "loo":  # mean of the other B − 1 losses: independent of this pair, so the estimator stays unbiased
-        b = (ell.sum() - ell) / max(B - 1, 1)
-    elif baseline == "none":
-        b = torch.zeros_like(ell)
-    else:
-        raise ValueError(f"unknown baseline {baseline!r}: expected loo or none")
+    assert baseline in ("loo", "none"), baseline
+    # b: the mean of the other B − 1 losses (loo), independent of this pair, so the estimator stays unbiased; or 0
+    b = (ell.sum() - ell) / max(B - 1, 1) if baseline == "loo" else 0.0
 
     # (2) response term: sg(ℓ − b) · ∇[log pi_θ(y_w) + log pi_θ(y_l)], only where the pair came from pi_θ
     log_q = policy_logps_w + policy_logps_l
@@ -270,10 +265,10 @@ def static_cache(model, rows: int, args: Args):
     from transformers import StaticCache
 
     compilable = model.device.type == "cuda" and getattr(model, "_can_compile_fullgraph", False)
-    if args.static_cache == "off" or (args.static_cache == "auto" and not compilable) or isinstance(model, FSDPModule):
-        return None
-    # NOTE: never with peft adapters disabled (the reference under LoRA): compiled, it can be silently wrong (peft)
-    if any(getattr(m, "_disable_adapters", False) for m in model.modules()):
+    # NOTE: never for the reference under LoRA (AdaptersOff): peft's guide warns that a compiled model with its adapters
+    # disabled can be silently wrong. Nor under FSDP: the weights are gathered afresh for each generate() call.
+    if args.static_cache == "off" or (args.static_cache == "auto" and not compilable) or \
+            isinstance(model, (FSDPModule, AdaptersOff)):
         return None
     caches = model.__dict__.setdefault("_static_caches", {})  # lives and dies with the model
     if rows not in caches:
@@ -325,12 +320,6 @@ def route_probs(args: Args) -> list[float]:
     return [0.0 if abs(offline) < 1e-9 else offline, dp, pp, pr]  # the paper's r + p + g = 1 leaves no offline
 
 
-def route_coefs(args: Args) -> tuple[list[float], list[float]]:
-    """Coefficients (response term, label term) per source (offline, DP, PP, PR)."""
-    pr = 0.0 if args.design == "online-dpo" else args.pr_coef  # online DPO is SAIL-PR with the term switched off
-    return [0.0, 0.0, args.pp_coef, pr], [0.0, args.dp_coef, args.pp_coef, 0.0]
-
-
 def rollout_seed(seed: int, rollout: int, rank: int, stream: str) -> int:
     """One seed per (run seed, rollout, rank, stream), hashed (numpy's SeedSequence): a rollout replays, each rank
     draws its own, and routing, sampling, oracle labels and self-labels never share uniforms (ALGORITHM.md §6c)."""
@@ -373,7 +362,9 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
     scheduler = get_scheduler(schedule, opt, num_warmup_steps=args.warmup_steps, num_training_steps=args.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 needs loss scaling
     probs = torch.tensor(route_probs(args))  # (4,) P(offline), P(DP), P(PP), P(PR)
-    resp_coefs, label_coefs = (torch.tensor(c, device=device) for c in route_coefs(args))  # (4,) each
+    pr_coef = 0.0 if args.design == "online-dpo" else args.pr_coef  # online DPO is SAIL-PR with the term switched off
+    resp_coefs = torch.tensor([0.0, 0.0, args.pp_coef, pr_coef], device=device)  # (4,) of term (2) by source
+    label_coefs = torch.tensor([0.0, args.dp_coef, args.pp_coef, 0.0], device=device)  # (4,) of term (3) by source
     B, history = args.batch_size, []
     start = load_checkpoint(resume_from, policy, opt, scheduler, scaler) if resume_from else 0
     policy.train()
@@ -401,12 +392,8 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
                             args=args) if online else []
             for j, i in enumerate(online):
                 y1[i], y2[i] = ys[j], ys[len(online) + j]
-            offline = [i for i in range(B) if i not in online]
-            if offline:
-                chosen = encode_responses(tok, [batch[i]["chosen"] for i in offline], args.max_new_tokens)
-                rejected = encode_responses(tok, [batch[i]["rejected"] for i in offline], args.max_new_tokens)
-                for i, c, r in zip(offline, chosen, rejected):
-                    y1[i], y2[i] = c, r
+            for i in (i for i in range(B) if i not in online):
+                y1[i], y2[i] = encode_responses(tok, [batch[i]["chosen"], batch[i]["rejected"]], args.max_new_tokens)
 
             # 2. labels known before the forward, z = True when y1 wins: offline examples keep the dataset's (y1 =
             # chosen), PR examples get a Bradley-Terry draw from the oracle's scores; the uniforms of the self-labels
@@ -551,7 +538,7 @@ def arg(default, help: str):
     return dataclasses.field(default=default, metadata={"help": help + (f" (default: {default})" if shown else "")})
 
 
-@dataclass
+@dataclasses.dataclass
 class Args:
     output_dir: Optional[str] = arg(None, "checkpoints, model, args.json, metrics.jsonl (default: runs/MODEL-DESIGN)")
     seed: int = arg(0, "seeds data order, routing, sampling and labels; a rollout is replayable from (seed, step)")
@@ -597,8 +584,8 @@ class Args:
     baseline: Literal["loo", "none"] = arg("loo", "baseline b of term (2): leave-one-out mean of ℓ, or none")
     oracle_label: Literal["sample", "argmax"] = arg("sample", "a Bradley-Terry draw on the oracle's scores, or the "
         "higher score (ties a coin flip)")
-    self_labels: Literal["sample", "expect"] = arg(SELF_LABELS_DEFAULT, "labels of DP and PP examples: sample (a "
-        "Bradley-Terry draw from the implicit reward, the paper's) or expect (no label noise, ALGORITHM.md §6b)")
+    self_labels: Literal["sample", "expect"] = arg("expect", "labels of DP and PP examples: sample (a Bradley-"
+        "Terry draw from the implicit reward, the paper's) or expect (no label noise, §6b; better for every design, README)")
     revkl_coef: Optional[float] = arg(None, "λ of the SAIL-RevKL penalty: λ × the exact next-token KL(pi_ref ‖ pi_θ) "
         f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, 0 otherwise)")
 
@@ -941,11 +928,10 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
     """Raw rows with where each came from ("file.jsonl:LINE"), from a .jsonl file (one JSON object per line), a .json
     file (a list of objects), or a hub dataset id (`datasets.load_dataset(source, split=split)`, imported only then)."""
     if os.path.isfile(source):
-        raw = pathlib.Path(source).read_bytes()
         try:
-            text = raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is allowed
+            text = pathlib.Path(source).read_text(encoding="utf-8-sig")  # UTF-8, a byte-order mark allowed
         except UnicodeDecodeError as e:
-            line = raw[:e.start].count(b"\n") + 1
+            line = e.object[:e.start].count(b"\n") + 1
             raise RunError(f"{source}: not UTF-8 text (line {line})") from None
         if source.endswith(".json"):
             try:
@@ -1358,13 +1344,12 @@ def add_lora(policy, args: Args):
     return policy
 
 
+@dataclasses.dataclass
 class AdaptersOff:
     """pi_ref of a LoRA run: the policy with its adapters switched off (no second copy of the weights), a plain object
     in no state_dict, optimizer or DDP, calling the bare policy without gradient. NOTE: peft's torch.compile guide
     lists disable_adapter() among what a compiled model gets silently wrong: nothing here is compiled."""
-
-    def __init__(self, model):
-        self.model = model
+    model: torch.nn.Module
 
     def __getattr__(self, name):  # training, train(), eval(), parameters(): the policy's
         return getattr(self.model, name)
@@ -1504,9 +1489,9 @@ def main(argv=None) -> dict:
             report(metrics)
         history = train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype, checkpoint_dir=args.output_dir,
                         resume_from=resume_from, log=log)
-    state_dict = None  # save_pretrained's default: the model's own
-    if args.fsdp:  # the whole model, gathered into rank 0's memory (every rank sends its shards)
-        state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # with --fsdp, the whole model gathered into rank 0's memory (every rank sends its shards); else the model's own
+    state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) \
+        if args.fsdp else None
     if rank != 0:
         return {}
     final = [json.loads(line) for line in open(metrics_path)][-1]
