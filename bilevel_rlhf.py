@@ -42,7 +42,6 @@ the README ("Differences").
 
 Run it:
     python bilevel_rlhf.py                                  # embedded task: tiny GPT-2 on CPU, about a minute
-    python bilevel_rlhf.py --design online-dpo --seed 1     # the baseline with the bilevel terms off
     python bilevel_rlhf.py --model gpt2 --dataset prefs.jsonl --reward-model my-rm --design mix
     python bilevel_rlhf.py run.yaml --seed 2                # the flags from a YAML (or JSON) file, then these
     make test                                               # the test-suite (exact-gradient checks included)
@@ -181,9 +180,8 @@ def bradley_terry_label(score1: torch.Tensor, score2: torch.Tensor, uniforms: to
 def implicit_reward_label(policy_logps, ref_logps, beta: float, uniforms) -> torch.Tensor:
     """Self-label: Bradley-Terry on r_θ = β(log pi_θ − log pi_ref), no gradient (ALGORITHM.md §4).
     policy_logps, ref_logps: Shape (2B,), rows [y1; y2]. Returns (B,) bool, True = y1 wins."""
-    reward = beta * (policy_logps - ref_logps).detach()  # (2B,)
-    B = reward.shape[0] // 2
-    return bradley_terry_label(reward[:B], reward[B:], uniforms)
+    reward1, reward2 = (beta * (policy_logps - ref_logps).detach()).chunk(2)  # (B,) each: r_θ of y1, of y2
+    return bradley_terry_label(reward1, reward2, uniforms)
 
 
 def oracle_label(scores1: list[float], scores2: list[float], mode: str, generator) -> tuple[torch.Tensor, int]:
@@ -258,15 +256,12 @@ def until_first_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def static_cache(model, rows: int, args: Args):
-    """The static KV cache for `sample`'s `rows` sequences, or None for transformers' dynamic one. Given one on CUDA,
-    generate() compiles the decoding step into CUDA graphs (transformers' automatic compilation, mode "reduce-overhead")
-    recorded on the cache's tensors: so one cache per (model, rows), sized once to --max-prompt-length +
-    --max-new-tokens and reset before each rollout (the prefill runs uncompiled: prompt widths may vary)."""
+    """The static KV cache for `sample`'s `rows` sequences, or None for a dynamic one. On CUDA generate() compiles its
+    decoding step into CUDA graphs recorded on the cache: so one cache per (model, rows), reset for each rollout."""
     from transformers import StaticCache
 
     compilable = model.device.type == "cuda" and getattr(model, "_can_compile_fullgraph", False)
-    # NOTE: never for the reference under LoRA (AdaptersOff): peft's guide warns that a compiled model with its adapters
-    # disabled can be silently wrong. Nor under FSDP: the weights are gathered afresh for each generate() call.
+    # NOTE: not for the LoRA reference (compiled with its adapters disabled it can be silently wrong: peft), nor FSDP
     if args.static_cache == "off" or (args.static_cache == "auto" and not compilable) or \
             isinstance(model, (FSDPModule, AdaptersOff)):
         return None
@@ -283,7 +278,6 @@ def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args) -
     all B prompts; sample 2 of all B; ...] (the layout of `join`). The seed makes the rollout replayable."""
     was_training = model.training
     model.eval()  # NOTE: HF turns the KV cache off when gradient checkpointing is on *and* the model is training
-    devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
     input_ids, attention_mask, extra = prompt_ids.repeat(n, 1), prompt_mask.repeat(n, 1), {}  # (nB, P)
     rows = n * max(len(prompt_ids), args.batch_size)  # a fixed bucket: the number of online prompts varies
     cache = static_cache(model, rows, args)
@@ -291,12 +285,10 @@ def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args) -
         pad = rows - len(input_ids)
         input_ids, attention_mask = (torch.cat([t, t[:1].expand(pad, -1)]) for t in (input_ids, attention_mask))
         dummy = torch.arange(rows, device=input_ids.device) >= rows - pad  # (rows,) True for the padding rows
-        # a stopping criterion is any callable that returns a done flag per row (transformers' StoppingCriteriaList);
-        # NOTE: transformers 5.17 knows the cache only as past_key_values; 5.24 calls it cache but accepts this name
+        # a stopping criterion returns a done flag per row. NOTE: generate() draws one multinomial over all rows per
+        # token, so the padding changes which random numbers a real row gets, not their distribution nor replayability
         extra = {"past_key_values": cache, "stopping_criteria": [lambda ids, scores, **kwargs: dummy]}
-        # NOTE: generate() draws one multinomial over all rows per token, so the padding changes which random numbers
-        # each real row gets (not their distribution); the rollout stays replayable from its seed
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=[prompt_ids.device] if prompt_ids.device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
             input_ids=input_ids, attention_mask=attention_mask,  # (nB, P), or (rows, P) with the static cache
@@ -305,8 +297,7 @@ def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args) -
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)[:n * len(prompt_ids)]  # (nB, T)
     model.train(was_training)
     tokens = out[:, prompt_ids.shape[1]:]  # (nB, R) the new tokens; rows that ended early are padded
-    keep = until_first_eos(tokens, tok.eos_token_id)  # (nB, R)
-    return [row[:k].tolist() for row, k in zip(tokens, keep.sum(dim=1))]
+    return [row[:k].tolist() for row, k in zip(tokens, until_first_eos(tokens, tok.eos_token_id).sum(dim=1))]
 
 # --------------------------------------------------------------------------------------------------------------
 # Training: route each example to a source, sample, label, take the step
@@ -327,26 +318,21 @@ def rollout_seed(seed: int, rollout: int, rank: int, stream: str) -> int:
     return int(state[0]) >> 1  # 63 bits: any torch seed
 
 
-@functools.lru_cache(maxsize=2)
-def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled row order of one epoch."""
-    return np.random.default_rng([seed, epoch]).permutation(n_rows)
-
-
 def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int, rank: int = 0, world: int = 1) -> list[int]:
     """Rows of rollout k: the k-th slice of an endless stream of per-epoch shuffles (stateless, so resumable); each of
     `world` ranks takes its share of it, so 2 ranks x batch B see the rows of 1 rank x batch 2B, in the same order."""
     start = (rollout * world + rank) * batch_size
-    return [int(epoch_order(n_rows, seed, p // n_rows)[p % n_rows]) for p in range(start, start + batch_size)]
+    positions = range(start, start + batch_size)  # position p: row p % n_rows of the shuffle of epoch p // n_rows
+    orders = {e: np.random.default_rng([seed, e]).permutation(n_rows) for e in {p // n_rows for p in positions}}
+    return [int(orders[p // n_rows][p % n_rows]) for p in positions]
 
 
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
           checkpoint_dir: Optional[str] = None, resume_from: Optional[str] = None,
           log: Callable[[dict], None] = lambda m: None) -> list[dict]:
-    """The SAIL training loop; returns the metrics of every step. With a checkpoint_dir it saves every --save-every
-    steps and at the end. Under torchrun each rank trains on its own share of every rollout and DDP averages the
-    gradients (the leave-one-out baseline is over the rank's own pairs), or FSDP2 shards them (--fsdp); rank 0 alone
-    evaluates, logs and saves (with --fsdp every rank evaluates with it and writes its shards)."""
+    """The SAIL training loop; returns the metrics of every step, saving a checkpoint every --save-every steps and at
+    the end. Under torchrun each rank trains on its own share of every rollout (the leave-one-out baseline is over its
+    own pairs) and DDP averages the gradients, or FSDP2 shards them; rank 0 evaluates, logs and saves (FSDP: all)."""
     from transformers import get_scheduler
 
     device = next(policy.parameters()).device
@@ -377,11 +363,11 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
             rollout = step * args.grad_accum + micro
             seed = functools.partial(rollout_seed, args.seed, rollout, rank)  # seed("route"), seed("sample"), ...
             batch = [rows[i] for i in batch_indices(len(rows), B, args.seed, rollout, rank, world)]
-            prompts, raw_prompts = [r["prompt"] for r in batch], [r["raw_prompt"] for r in batch]
             routing = torch.Generator().manual_seed(seed("route"))
             source = torch.multinomial(probs, B, replacement=True, generator=routing)  # (B,) OFFLINE/DP/PP/PR
             on_policy, self_labeled = (source == PP) | (source == PR), (source == DP) | (source == PP)  # (B,) each
-            prompt_ids, prompt_mask = encode_prompts(tok, prompts, args.max_prompt_length, device)  # (B, P)
+            prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in batch], args.max_prompt_length,
+                                                     device)  # (B, P)
 
             # 1. responses: two samples of pi_θ per PP and PR prompt, in one batched call (KV cache on), cut at the
             # first EOS; the dataset's (chosen, rejected) as (y1, y2) for offline and DP examples
@@ -398,13 +384,12 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
             # 2. labels known before the forward, z = True when y1 wins: offline examples keep the dataset's (y1 =
             # chosen), PR examples get a Bradley-Terry draw from the oracle's scores; the uniforms of the self-labels
             # are drawn now too, so that after the forward nothing waits for the device until the metrics
-            z, ties, oracle_rows = torch.ones(B, dtype=torch.bool), 0, (source == PR).nonzero().flatten().tolist()
-            if oracle_rows:
-                texts = tok.batch_decode([y1[i] for i in oracle_rows] + [y2[i] for i in oracle_rows],
-                                         skip_special_tokens=True)
-                scores = ask_oracle(oracle, [raw_prompts[i] for i in oracle_rows] * 2, texts, f"step {step + 1}")
-                z[oracle_rows], ties = oracle_label(scores[:len(oracle_rows)], scores[len(oracle_rows):],
-                                                    args.oracle_label, torch.Generator().manual_seed(seed("oracle")))
+            z, ties, pr_rows = torch.ones(B, dtype=torch.bool), 0, (source == PR).nonzero().flatten().tolist()
+            if pr_rows:  # the oracle scores all y1, then all y2
+                texts = tok.batch_decode([y1[i] for i in pr_rows] + [y2[i] for i in pr_rows], skip_special_tokens=True)
+                scores = ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr_rows] * 2, texts, f"step {step + 1}")
+                z[pr_rows], ties = oracle_label(scores[:len(pr_rows)], scores[len(pr_rows):], args.oracle_label,
+                                                torch.Generator().manual_seed(seed("oracle")))
             uniforms = torch.rand(B, generator=torch.Generator().manual_seed(seed("self")), dtype=torch.double)
             z, uniforms, source, on_policy, self_labeled = (t.to(device) for t in (z, uniforms, source, on_policy,
                                                                                     self_labeled))
@@ -519,9 +504,8 @@ def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=t
             kl += (policy_logps - sequence_logps(ref, *batch)).tolist()
             ys_ref = sample(ref, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args) if oracle is not None else []
         if oracle is not None:
-            raw_prompts = [r["raw_prompt"] for r in chunk]
-            g_pol, g_ref = np.split(np.array(ask_oracle(oracle, raw_prompts * 2, tok.batch_decode(
-                ys + ys_ref, skip_special_tokens=True), when)), 2)
+            texts = tok.batch_decode(ys + ys_ref, skip_special_tokens=True)  # the policy's, then the reference's
+            g_pol, g_ref = np.split(np.array(ask_oracle(oracle, [r["raw_prompt"] for r in chunk] * 2, texts, when)), 2)
             gold += g_pol.tolist()
             wins += [float(a > b) + 0.5 * float(a == b) for a, b in zip(g_pol, g_ref)]  # ties count half
     metrics = {"objective/kl": float(np.mean(kl))}
@@ -559,17 +543,15 @@ class Args:
     eval_split: Optional[str] = arg(None, "eval prompts: a hub split or a file; None = hold out --eval-fraction")
     eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation when --eval-split is not given")
     reward_model: Optional[str] = arg(None, "hub id or folder of a sequence-classification reward model: the oracle")
-    reward_fn: Optional[str] = arg(None, "the oracle as a Python callable f(prompts, responses) -> list[float]: "
-        "module:function or file.py:function")
+    reward_fn: Optional[str] = arg(None, "oracle f(prompts, responses) -> list of scores: module:func or file.py:func")
     reward_batch_size: int = arg(16, "responses scored per reward-model forward")
     max_prompt_length: Optional[int] = arg(None, "prompts lose their beginning beyond this (default: the context minus "
         "--max-new-tokens, ≤ 512)")
 
     # algorithm
     design: Literal[DESIGNS] = arg("sail-pr", "which pairs and labels are used; see the module docstring")
-    loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "pairwise loss ℓ(Δ): dpo (sigmoid); ipo (squared, on "
-        "summed log-probs: IPO Eq. 17 as written); ipo-token (squared, on per-token log-ratios: TRL's form); slic (the "
-        "hinge max(0, 1 − βΔ) on the reference-normalized margin, TRL's hinge; not SLiC-HF's loss on raw log-probs)")
+    loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "pairwise loss ℓ(Δ): dpo (sigmoid); ipo (IPO Eq. 17, "
+        "on summed log-probs); ipo-token (TRL's IPO, per token); slic (TRL's hinge max(0, 1 − βΔ), not SLiC-HF's loss)")
     beta: Optional[float] = arg(None, "β, the KL strength of the lower level and the scale of the implicit reward "
         "(default: 0.1; 1.0 with --loss slic, so that its hinge asks for SLiC-HF's margin of 1 nat rather than 10)")
     dp_fraction: Optional[float] = arg(None, "r: fraction of DP examples, dataset pairs relabelled by the policy "
@@ -584,8 +566,8 @@ class Args:
     baseline: Literal["loo", "none"] = arg("loo", "baseline b of term (2): leave-one-out mean of ℓ, or none")
     oracle_label: Literal["sample", "argmax"] = arg("sample", "a Bradley-Terry draw on the oracle's scores, or the "
         "higher score (ties a coin flip)")
-    self_labels: Literal["sample", "expect"] = arg("expect", "labels of DP and PP examples: sample (a Bradley-"
-        "Terry draw from the implicit reward, the paper's) or expect (no label noise, §6b; better for every design, README)")
+    self_labels: Literal["sample", "expect"] = arg("expect", "labels of DP and PP examples: sample (a draw from "
+        "P_θ, the paper's) or expect (the loss's expectation over the label, §6b; better for every design: README)")
     revkl_coef: Optional[float] = arg(None, "λ of the SAIL-RevKL penalty: λ × the exact next-token KL(pi_ref ‖ pi_θ) "
         f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, 0 otherwise)")
 
@@ -609,8 +591,7 @@ class Args:
     grad_accum: int = arg(1, "micro-batches per optimizer step")
 
     # LoRA adapters (with the peft package, imported only then)
-    lora_r: int = arg(0, "rank of LoRA adapters; 0 = off (every weight trains). With adapters only they train, and "
-        "pi_ref is the same model with them switched off: no second copy of the weights")
+    lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off")
     lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight")
     lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05); the labelers and the bilevel "
         "terms reuse the training forward, which it makes random (the rest of the model runs without dropout)")
@@ -622,8 +603,7 @@ class Args:
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "autocast: auto = bf16 on CUDA (fp16 and a GradScaler "
         "without bf16), fp32 elsewhere")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (generation keeps its cache)")
-    fsdp: bool = arg(False, "under torchrun: shard weights, gradients and optimizer state over the ranks (FSDP2, "
-        "each decoder block and the root; the reference too) instead of a full copy per rank (DDP)")
+    fsdp: bool = arg(False, "under torchrun: shard weights, gradients and AdamW state over the ranks (FSDP2), not DDP")
 
 
 def parse_args(argv=None) -> Args:
@@ -690,7 +670,8 @@ def validate(args: Args) -> Args:
         (args.fsdp and args.lora_r, "--fsdp and --lora-r: choose one (LoRA fits about 19B parameters on one 80 GiB "
          "GPU without sharding, README \"What fits where\"; FSDP trains every weight)"),
         (args.fsdp and args.dtype == "fp16", "--fsdp runs in bf16 or fp32: --dtype fp16 needs a GradScaler that "
-         "FSDP2's sharded gradients are not tested with")]:
+         "FSDP2's sharded gradients are not tested with"),
+        (args.fsdp and "RANK" not in os.environ, "--fsdp shards over torchrun's processes: launch it with torchrun")]:
         if failed:
             raise ValueError(message)
     return args
@@ -776,13 +757,13 @@ def build_tiny_gpt2(tok, n_layer=2, n_embd=64, n_positions=EMBEDDED_CONTEXT):
     return GPT2LMHeadModel(config)
 
 
-def supervised_finetune(model, tok, texts: list[str], steps: int, batch_size: int, lr: float, seed: int, device):
+def supervised_finetune(model, tok, texts: list[str], steps: int, device):
     """Train the reference policy on the task's corpus with the next-token loss (the 'SFT' stage)."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(1234)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in tqdm(range(steps), desc="sft", leave=False):
-        batch = [texts[i] + tok.eos_token for i in torch.randint(len(texts), (batch_size,), generator=g)]
+        batch = [texts[i] + tok.eos_token for i in torch.randint(len(texts), (64,), generator=g)]
         enc = tok(batch, return_tensors="pt", padding=True).to(device)  # (64, T), right-padded
         logits = model(**enc).logits[:, :-1]  # (64, T-1, V): position t predicts token t + 1
         labels = enc.input_ids[:, 1:].masked_fill(enc.attention_mask[:, 1:] == 0, -100)  # (64, T-1), no padding
@@ -800,11 +781,9 @@ def build_embedded_task(args: Args, device):
     tok = build_tokenizer()
     corpus = [random_review(rng) for _ in range(n_corpus)]
     policy = build_tiny_gpt2(tok).to(device)
-    supervised_finetune(policy, tok, [f"{p} {r}" for p, r in corpus], steps=sft_steps, batch_size=64, lr=3e-3,
-                        seed=1234, device=device)
+    supervised_finetune(policy, tok, [f"{p} {r}" for p, r in corpus], sft_steps, device)
 
     # Offline preferences: two samples of the reference per prompt, labelled by the gold reward (Bradley-Terry).
-    policy.eval()
     gen_args = dataclasses.replace(args, temperature=1.0, top_p=1.0, top_k=0)
     rows, g = [], torch.Generator().manual_seed(1234)
     prompts = [rng.choice(corpus)[0] for _ in range(n_pairs)]
@@ -815,9 +794,8 @@ def build_embedded_task(args: Args, device):
         texts = tok.batch_decode(ys, skip_special_tokens=True)
         firsts, seconds = texts[:len(chunk)], texts[len(chunk):]
         first_wins, _ = oracle_label(gold_reward(chunk, firsts), gold_reward(chunk, seconds), "sample", g)
-        for prompt, a, b, a_wins in zip(chunk, firsts, seconds, first_wins):
-            chosen, rejected = (a, b) if a_wins else (b, a)
-            rows.append({"prompt": prompt, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected})
+        rows += [{"prompt": p, "raw_prompt": p, "chosen": a if a_wins else b, "rejected": b if a_wins else a}
+                 for p, a, b, a_wins in zip(chunk, firsts, seconds, first_wins)]
     eval_rows = [{"prompt": p, "raw_prompt": p} for p, _ in (random_review(rng) for _ in range(args.eval_prompts))]
     return policy, tok, rows, eval_rows
 
@@ -844,11 +822,9 @@ def load_policy(name: str, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tok = from_pretrained(AutoTokenizer, name)
-    if tok.pad_token is None:  # safe: masks are built by position, never by token id (ALGORITHM.md §8)
-        tok.pad_token = tok.eos_token
+    tok.pad_token = tok.pad_token or tok.eos_token  # safe: masks are built by position, never by id (ALGORITHM.md §8)
     model = from_pretrained(AutoModelForCausalLM, name, dtype=torch.float32).to(device)  # fp32 master weights
-    # NOTE: generate() takes every option that `sample` leaves unset from the model's generation config, where the hub's
-    # may set a repetition penalty, min_p, ...: samples from another distribution than pi_θ. Start from none of them.
+    # NOTE: generate() fills what `sample` leaves unset from here; a hub's (a repetition penalty, ...) would change pi_θ
     model.generation_config = GenerationConfig()
     return model, tok
 
@@ -859,8 +835,7 @@ def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = from_pretrained(AutoTokenizer, name)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok.pad_token = tok.pad_token or tok.eos_token
     tok.padding_side, tok.truncation_side = "right", "left"  # keep the end of long texts: the response
     model = from_pretrained(AutoModelForSequenceClassification, name, dtype=dtype).to(device).eval()
     if model.config.pad_token_id is None:  # the classifier reads the last non-pad token
@@ -919,7 +894,7 @@ def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[f
     return [float(x) for x in scores]
 
 # --------------------------------------------------------------------------------------------------------------
-# Preference data: formats, cleaning, held-out prompts
+# Preference data: formats, cleaning, held-out prompts; batches of left-padded prompts and right-padded responses
 
 ASSISTANT_TAG = "\n\nAssistant:"  # Anthropic HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..."
 
@@ -1112,8 +1087,6 @@ def load_preferences(args: Args, tok) -> tuple[list[dict], list[dict]]:
                        f"(--batch-size {args.batch_size})")
     return rows, eval_rows[:args.eval_prompts]
 
-# --------------------------------------------------------------------------------------------------------------
-# Batches: left-padded prompts, right-padded responses, one sequence per row
 
 def encode_prompts(tok, prompts: list[str], max_length: int, device):
     """Left-padded prompt ids and mask, (B, P); long prompts lose their beginning."""
@@ -1152,8 +1125,7 @@ def list_checkpoints(output_dir: str) -> list[str]:
 
 def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, scaler, keep_last: int):
     """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically. With
-    --fsdp every rank calls it and writes its shards of the model and of the optimizer state (torch.distributed.
-    checkpoint), rank 0 the rest."""
+    --fsdp every rank writes its shards of model and optimizer (torch.distributed.checkpoint), rank 0 the rest."""
     final = os.path.join(output_dir, f"checkpoint-{step:07d}")
     tmp = os.path.join(output_dir, f".tmp-checkpoint-{step:07d}")
     (rank, world), sharded = rank_and_world(), isinstance(policy, FSDPModule)
@@ -1237,7 +1209,7 @@ def prepare_output_dir(args: Args) -> Optional[str]:
     return checkpoints[-1]
 
 # --------------------------------------------------------------------------------------------------------------
-# Devices, precision, processes, logging
+# Devices, precision, processes, logging, LoRA adapters, FSDP2 sharding, stopping on SIGTERM
 
 def choose_precision(args: Args, device: torch.device):
     """Autocast dtype for the run and a line saying why. Master weights stay fp32 in every case."""
@@ -1321,8 +1293,6 @@ def make_reporter(args: Args) -> Callable[[dict], None]:
         raise RunError(f"--report-to {args.report_to} needs the {args.report_to} package: pip install "
                        f"{args.report_to}") from None
 
-# --------------------------------------------------------------------------------------------------------------
-# LoRA adapters, and stopping on SIGTERM
 
 def add_lora(policy, args: Args):
     """The policy with LoRA adapters (peft), the only trainable parameters. The optimizer may still be given all of
@@ -1346,9 +1316,8 @@ def add_lora(policy, args: Args):
 
 @dataclasses.dataclass
 class AdaptersOff:
-    """pi_ref of a LoRA run: the policy with its adapters switched off (no second copy of the weights), a plain object
-    in no state_dict, optimizer or DDP, calling the bare policy without gradient. NOTE: peft's torch.compile guide
-    lists disable_adapter() among what a compiled model gets silently wrong: nothing here is compiled."""
+    """pi_ref of a LoRA run: the policy with its adapters switched off, without gradient (no second copy of the
+    weights; in no state_dict, optimizer or DDP). Never compiled: see `static_cache`."""
     model: torch.nn.Module
 
     def __getattr__(self, name):  # training, train(), eval(), parameters(): the policy's
@@ -1364,10 +1333,8 @@ class AdaptersOff:
 
 
 def shard(model, device: torch.device, amp_dtype: torch.dtype):
-    """FSDP2 (--fsdp): each decoder block (the classes transformers lists in _no_split_modules), then the root with
-    what is left (embeddings, final norm, a tied head), sharded over all ranks: every rank holds 1/world of the fp32
-    weights, gradients and AdamW state. A block's weights are all-gathered in autocast's dtype (bf16) just before it
-    runs and freed after it; gradients are reduce-scattered, averaged, in fp32."""
+    """FSDP2 (--fsdp): each decoder block (transformers' _no_split_modules), then the root, sharded over the ranks:
+    each holds 1/world of the fp32 weights, gradients and AdamW state; a block runs gathered, in autocast's dtype."""
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # on CPU: Gloo
     mixed = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
     blocks = [m for m in model.modules() if type(m).__name__ in (model._no_split_modules or [])]
@@ -1376,17 +1343,14 @@ def shard(model, device: torch.device, amp_dtype: torch.dtype):
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=mixed)
     fully_shard(model, mesh=mesh, mp_policy=mixed)
-    # NOTE: not register_fsdp_forward_method(model, "generate"): `gathered` keeps the weights for the whole call, and
-    # with it (torch 2.14) the hook after generate() reshards the root, so the next forward all-gathers on one rank
+    # NOTE: no register_fsdp_forward_method(model, "generate"): with `gathered` it desynchronizes the ranks (README)
     return model
 
 
 @contextlib.contextmanager
 def gathered(model):
-    """With --fsdp: all-gather the model's weights once and keep them for every forward inside, then free them. In
-    generate() each new token is a forward: without this, an all-gather per block per token, and generate() would
-    keep ranks that finished early running dummy forwards for the others (transformers sets synced_gpus under FSDP;
-    `sample` turns it off: inside, no forward communicates). Every rank must enter together. Else a no-op."""
+    """With --fsdp: gather the weights once for every forward inside (generate(): one per token), then free them;
+    every rank enters together, and inside no forward communicates (so `sample` turns synced_gpus off). Else a no-op."""
     shards = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in shards:
         m.set_reshard_after_forward(False, recurse=False)
@@ -1426,8 +1390,6 @@ def main(argv=None) -> dict:
     device = setup_distributed(torch.device(args.device))
     rank, world = rank_and_world()
     amp_dtype, why = choose_precision(args, device)
-    if args.fsdp and not dist.is_initialized():
-        raise RunError("--fsdp shards the model over the processes of torchrun: launch it with torchrun (README)")
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later: free speed, fp32 range
     print(f"device: {device}" + (f" (and {world - 1} more data-parallel ranks)" if world > 1 else "") +
           f", precision: {why}")
@@ -1489,9 +1451,9 @@ def main(argv=None) -> dict:
             report(metrics)
         history = train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype, checkpoint_dir=args.output_dir,
                         resume_from=resume_from, log=log)
-    # with --fsdp, the whole model gathered into rank 0's memory (every rank sends its shards); else the model's own
-    state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) \
-        if args.fsdp else None
+    state_dict = None  # save_pretrained's default: the model's own
+    if args.fsdp:  # the whole model, gathered into rank 0's memory (every rank sends its shards)
+        state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return {}
     final = [json.loads(line) for line in open(metrics_path)][-1]
@@ -1518,8 +1480,8 @@ def cli(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: SIGTERM.set())  # acted on after the current step
     try:
         main(argv)
-        if dist.is_initialized():  # NOTE: a rank that destroys its process group while rank 0 still saves the model
-            dist.barrier()  # was seen to abort in Gloo's teardown (exit code -6, "terminate called without an ...")
+        if dist.is_initialized():  # NOTE: a rank leaving while rank 0 still saved once aborted in Gloo's teardown
+            dist.barrier()
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
