@@ -824,7 +824,8 @@ def load_policy(name: str, device):
     tok = from_pretrained(AutoTokenizer, name)
     tok.pad_token = tok.pad_token or tok.eos_token  # safe: masks are built by position, never by id (ALGORITHM.md §8)
     model = from_pretrained(AutoModelForCausalLM, name, dtype=torch.float32).to(device)  # fp32 master weights
-    # NOTE: generate() fills what `sample` leaves unset from here; a hub's (a repetition penalty, ...) would change pi_θ
+    # NOTE: a neutral config: generate() takes what `sample` leaves unset from it, and a hub's (a repetition penalty,
+    # ...) would sample from another distribution than pi_θ
     model.generation_config = GenerationConfig()
     return model, tok
 
@@ -883,8 +884,7 @@ def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[f
         scores = oracle(prompts, responses)
     except Exception as e:  # the user's code: say what it raised, in one line
         raise RunError(stop % f"raised {type(e).__name__}: {e}") from None
-    if isinstance(scores, (torch.Tensor, np.ndarray)):
-        scores = scores.tolist()
+    scores = scores.tolist() if isinstance(scores, (torch.Tensor, np.ndarray)) else scores  # a tensor or array will do
     if not isinstance(scores, (list, tuple)) or len(scores) != len(responses):
         what = f"{len(scores)} scores" if isinstance(scores, (list, tuple)) else f"a {type(scores).__name__}"
         raise RunError(stop % f"returned {what} for {len(responses)} responses (expected one number per response)")
