@@ -439,7 +439,7 @@ def test_static_cache_keeps_the_compiled_decoding_step_to_one_graph():
         torch._dynamo.reset()
 
 
-def test_static_cache_auto_is_off_on_a_cpu_and_never_on_with_peft_adapters_disabled():
+def test_static_cache_auto_is_off_on_a_cpu_and_never_on_for_the_lora_reference():
     peft = pytest.importorskip("peft")
     model, tok = tiny_model()
     args = br.validate(br.Args(max_new_tokens=4))
