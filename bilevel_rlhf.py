@@ -1154,13 +1154,7 @@ def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, sca
 def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
     """Restore what save_checkpoint wrote; returns the number of steps already done."""
     state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)  # our own file (RNG tuples)
-    world, sharded = rank_and_world()[1], isinstance(policy, FSDPModule)
-    if state.get("world_size", 1) != world:  # each rank's share of the data depends on the world size
-        raise RunError(f"{path} was written by a run with {state.get('world_size', 1)} process(es); resume it with "
-                       f"the same number (this run has {world}), or start over with --overwrite")
-    if (state["optimizer"] is None) != sharded:
-        raise RunError(f"{path} was written by a run {'without' if sharded else 'with'} --fsdp: resume it the same way")
-    if sharded:  # this rank's shards, read into the state dicts' own sharded tensors
+    if isinstance(policy, FSDPModule):  # this rank's shards, read into the state dicts' own sharded tensors
         # NOTE: get_state_dict gives a fresh optimizer its state by a step at lr 0; the load then overwrites it
         shards = dict(zip(("model", "optimizer"), get_state_dict(policy, opt)))
         dcp.load(shards, checkpoint_id=path)
@@ -1170,7 +1164,7 @@ def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
         set_peft_model_state_dict(policy, load_peft_weights(path))
     else:
         policy.load_state_dict(type(policy).from_pretrained(path, dtype=torch.float32).state_dict())
-    if not sharded:
+    if state["optimizer"] is not None:  # with --fsdp it was in the shards
         opt.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
@@ -1205,6 +1199,12 @@ def prepare_output_dir(args: Args) -> Optional[str]:
         raise RunError(f"{args.output_dir} holds a checkpoint of a different run (it differs in "
                        f"{', '.join('--' + k.replace('_', '-') for k in differs)}): pass --resume to continue it "
                        "with these flags, --overwrite to start over, or choose another --output-dir")
+    state = torch.load(os.path.join(checkpoints[-1], "trainer_state.pt"), weights_only=False, mmap=True)
+    written, this = [f"{n} process(es)" + " and --fsdp" * fsdp for n, fsdp in  # --fsdp: no optimizer state in it
+                     ((state.get("world_size", 1), state["optimizer"] is None), (rank_and_world()[1], args.fsdp))]
+    if written != this:  # each rank's share of the data depends on the number of processes
+        raise RunError(f"{checkpoints[-1]} was written by a run with {written}: continue it the same way (this run "
+                       f"has {this}), or start over with --overwrite")
     print(f"resuming from {checkpoints[-1]}" + (f" with changed {', '.join(differs)}" if differs else ""))
     return checkpoints[-1]
 

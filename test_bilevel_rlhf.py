@@ -694,6 +694,7 @@ def test_help_documents_every_flag():
     (["--dtype", "fp16", "--device", "cpu"], "needs a CUDA device"),
     (["--lora-r", "-1"], "--lora-r must be >= 0"),
     (["--fsdp", "--lora-r", "4"], "--fsdp and --lora-r: choose one"),
+    (["--fsdp", "--dtype", "fp16", "--device", "cuda"], "--fsdp runs in bf16 or fp32"),  # refused before CUDA is used
 ])
 def test_bad_flags_exit_2_with_a_message(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -1560,6 +1561,7 @@ def test_torchrun_resumes_after_a_kill_with_the_same_world_size(torchrun_full_ru
 
     code, _, err = run_in_process(flags, capsys)  # one process cannot continue a two-process run
     assert code == 2 and "with 2 process(es)" in err
+    assert [json.loads(line)["step"] for line in open(killed / "metrics.jsonl")][:3] == [1, 2, 3]  # nothing written
     resumed = torchrun(tmp_path, 2, flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
@@ -1666,6 +1668,8 @@ def test_fsdp_resumes_after_a_kill_from_its_sharded_checkpoint(tiny_files, tmp_p
     assert code == 2 and "launch it with torchrun" in err
     one = torchrun(tmp_path, 1, flags)  # one process cannot continue a two-process run
     assert one.returncode != 0 and "with 2 process(es)" in one.stderr
+    unsharded = torchrun(tmp_path, 2, [f for f in flags if f != "--fsdp"] + ["--resume"])  # nor DDP a sharded one
+    assert unsharded.returncode != 0 and "written by a run with 2 process(es) and --fsdp" in unsharded.stderr
     resumed = torchrun(tmp_path, 2, flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
