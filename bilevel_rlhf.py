@@ -1200,7 +1200,7 @@ def prepare_output_dir(args: Args) -> Optional[str]:
                        f"{', '.join('--' + k.replace('_', '-') for k in differs)}): pass --resume to continue it "
                        "with these flags, --overwrite to start over, or choose another --output-dir")
     state = torch.load(os.path.join(checkpoints[-1], "trainer_state.pt"), weights_only=False, mmap=True)
-    written, this = [f"{n} process(es)" + " and --fsdp" * fsdp for n, fsdp in  # --fsdp: no optimizer state in it
+    written, this = [f"{n} process(es)" + " and --fsdp" * fsdp for n, fsdp in  # --fsdp: optimizer in the shards
                      ((state.get("world_size", 1), state["optimizer"] is None), (rank_and_world()[1], args.fsdp))]
     if written != this:  # each rank's share of the data depends on the number of processes
         raise RunError(f"{checkpoints[-1]} was written by a run with {written}: continue it the same way (this run "
