@@ -107,7 +107,7 @@ def pairwise_loss(delta, beta: float, loss_type: str) -> torch.Tensor:
 
 
 def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta, loss_type="dpo",
-              response_coef=0.0, label_coef=0.0, on_policy=None, self_labeled=None, self_labels="sample",
+              response_coef=0.0, label_coef=0.0, on_policy=None, policy_labeled=None, self_labels="sample",
               lengths=None, baseline="loo"):
     """Per-pair pairwise loss plus the two bilevel terms of SAIL (ALGORITHM.md §5).
 
@@ -120,53 +120,56 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
         response_coef: c_resp, a float or Shape (B,): weight of the response term (2).
         label_coef: c_label, a float or Shape (B,): weight of the label term (3).
         on_policy: bool, Shape (B,): the pair was sampled from pi_θ (term (2) applies). None = all False.
-        self_labeled: bool, Shape (B,): the label comes from P_θ (term (3) applies). None = all False.
-        self_labels: "sample": the label of a self-labelled pair was drawn from P_θ and term (3) is its score-function
-            term; "expect": the loss of such a pair is the expectation over its label (§6b), whatever order it is in.
+        policy_labeled: bool, Shape (B,): the label comes from P_θ (term (3) applies). None = all False.
+        self_labels: the mode of those labels. "sample": the label was drawn from P_θ and term (3) is its
+            score-function term; "expect": the loss of such a pair is its expectation over the label (§6b), whatever
+            order the pair is in.
         lengths: response token counts (len_w, len_l), each Shape (B,); only for "ipo-token".
         baseline: "loo" (b = mean of ℓ over the other pairs of the batch) or "none" (b = 0).
 
     Returns:
-        losses, chosen_rewards, rejected_rewards, each Shape (B,). `losses` has the value ℓ(Δ_θ) (its expectation over
-        the label for self-labelled pairs under "expect"); the bilevel terms are added as x − sg(x), zero in value.
-        With both coefficients 1 the mean gradient estimates −∇J; with c < 1 it estimates (1 − c)·g_0 + c·(−∇J),
-        g_0 being the gradient with the data distribution held at the current policy (online DPO's, §5).
+        surrogate, chosen_rewards, rejected_rewards, each Shape (B,). The surrogate's value is ℓ(Δ_θ) (E_z ℓ for pairs
+        labelled by the policy under "expect"): the bilevel terms are added as x − sg(x), zero in value. Its gradient
+        is the estimator: with both coefficients 1 its expectation is −∇J; with c < 1 it is −[(1 − c)·g_0 + c·∇J],
+        g_0 being the objective's gradient with the data distribution held at the current policy (§5).
     """
     assert policy_logps_w.shape == policy_logps_l.shape == ref_logps_w.shape == ref_logps_l.shape
     assert policy_logps_w.dim() == 1
     B = policy_logps_w.shape[0]
     no = torch.zeros(B, dtype=torch.bool, device=policy_logps_w.device)
     on_policy = no if on_policy is None else on_policy
-    self_labeled = no if self_labeled is None else self_labeled
+    policy_labeled = no if policy_labeled is None else policy_labeled
 
     delta = (policy_logps_w - ref_logps_w) - (policy_logps_l - ref_logps_l)  # Δ_θ, §1
     loss_delta = delta  # what ℓ sees; the implicit reward, the labels and terms (2), (3) always use summed log-probs
     if loss_type == "ipo-token":  # TRL's IPO: each response's log-ratio divided by its token count
         loss_delta = (policy_logps_w - ref_logps_w) / lengths[0] - (policy_logps_l - ref_logps_l) / lengths[1]
-    losses = pairwise_loss(loss_delta, beta, loss_type)  # (B,)
-    log_p = F.logsigmoid(beta * delta)  # log P_θ(z) of the realized order (y_w ≻ y_l), for every loss_type (§5)
+    ell = pairwise_loss(loss_delta, beta, loss_type)  # (B,) ℓ(Δ_θ): term (1) is its gradient
+    log_p_z = F.logsigmoid(beta * delta)  # log P_θ(z) of the realized order (y_w ≻ y_l), for every loss_type (§5)
     if self_labels == "expect":  # §6b: E_z ℓ = p·ℓ(Δ) + (1 − p)·ℓ(−Δ), differentiated through ℓ (term (1)) and,
-        p = log_p.exp()  # with weight c_label, through p = P_θ(y_w ≻ y_l) (term (3), in expectation)
+        p = log_p_z.exp()  # with weight c_label, through p = P_θ(y_w ≻ y_l) (term (3), in expectation)
         p = p.detach() + label_coef * (p - p.detach())
-        expected = p * losses + (1 - p) * pairwise_loss(-loss_delta, beta, loss_type)
-        losses = torch.where(self_labeled, expected, losses)
+        expected = p * ell + (1 - p) * pairwise_loss(-loss_delta, beta, loss_type)
+        ell = torch.where(policy_labeled, expected, ell)
 
-    ell = losses.detach()
+    ell_value = ell.detach()
     assert baseline in ("loo", "none"), baseline
-    # b: the mean of the other B − 1 losses (loo), independent of this pair, so the estimator stays unbiased; or 0
-    b = (ell.sum() - ell) / max(B - 1, 1) if baseline == "loo" else 0.0
+    # b: the mean loss of the other B − 1 pairs (loo), or 0. Any b independent of this pair's responses keeps term (2)
+    # unbiased, since E[∇log q_θ] = 0, and one near this pair's expected ℓ makes it less noisy: the other pairs, of
+    # every source, are independent of this one and come for free, so their mean is such a b
+    b = (ell_value.sum() - ell_value) / max(B - 1, 1) if baseline == "loo" else 0.0
 
     # (2) response term: sg(ℓ − b) · ∇[log pi_θ(y_w) + log pi_θ(y_l)], only where the pair came from pi_θ
-    log_q = policy_logps_w + policy_logps_l
-    response_term = response_coef * (ell - b) * (log_q - log_q.detach())
+    log_q_pair = policy_logps_w + policy_logps_l  # log q_θ(y1, y2) of two independent samples
+    response_term = response_coef * (ell_value - b) * (log_q_pair - log_q_pair.detach())
     # (3) label term: sg(ℓ) · ∇ log P_θ(z), only where the label was drawn from P_θ (under "expect" it is inside ℓ)
-    label_term = label_coef * ell * (log_p - log_p.detach())
-    sampled_label = self_labeled & (self_labels == "sample")
-    losses = losses + torch.where(on_policy, response_term, 0.0) + torch.where(sampled_label, label_term, 0.0)
+    label_term = label_coef * ell_value * (log_p_z - log_p_z.detach())
+    drawn_label = policy_labeled & (self_labels == "sample")
+    surrogate = ell + torch.where(on_policy, response_term, 0.0) + torch.where(drawn_label, label_term, 0.0)
 
     chosen_rewards = beta * (policy_logps_w - ref_logps_w).detach()  # r_θ(x, y_w)
     rejected_rewards = beta * (policy_logps_l - ref_logps_l).detach()  # r_θ(x, y_l)
-    return losses, chosen_rewards, rejected_rewards
+    return surrogate, chosen_rewards, rejected_rewards
 
 # --------------------------------------------------------------------------------------------------------------
 # Labelers: which of the two responses (y1, y2) is preferred. True = y1 wins.
@@ -210,7 +213,8 @@ def response_logits(model, input_ids, attention_mask, response_mask) -> torch.Te
 
 def _token_logps_and_kl(logits, labels, ref_logprobs):
     """One chunk of rows: log pi(y_t) of the labels, Shape (n, R), and KL_t(pi_ref ‖ pi_θ) at each position (§6)."""
-    logprobs = logits.float().log_softmax(dim=-1)  # (n, R, V), fp32 whatever the autocast dtype
+    # fp32 whatever the autocast dtype (fp64 stays fp64: the exact-gradient tests run the step in float64)
+    logprobs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(dim=-1)  # (n, R, V)
     token_logps = logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (n, R)
     if ref_logprobs is None:
         return token_logps, torch.zeros_like(token_logps)
@@ -233,7 +237,8 @@ def token_logps_and_kl(logits, labels, ref_logprobs=None) -> tuple[torch.Tensor,
 @torch.no_grad()
 def reference_logprobs(ref, input_ids, attention_mask, response_mask) -> torch.Tensor:
     """pi_ref's fp32 log-softmax at the response positions, (N, R, V), once per rollout, in the logits' own copy."""
-    logprobs = response_logits(ref, input_ids, attention_mask, response_mask).float()  # (N, R, V)
+    logits = response_logits(ref, input_ids, attention_mask, response_mask)  # (N, R, V)
+    logprobs = logits.to(torch.promote_types(logits.dtype, torch.float32))
     for rows in logprobs.split(ROW_CHUNK):
         rows.copy_(rows.log_softmax(dim=-1))  # the policy's own function: equal models give bitwise equal values
     return logprobs
@@ -300,7 +305,7 @@ def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args) -
     return [row[:k].tolist() for row, k in zip(tokens, until_first_eos(tokens, tok.eos_token_id).sum(dim=1))]
 
 # --------------------------------------------------------------------------------------------------------------
-# Training: route each example to a source, sample, label, take the step
+# Training: a rollout (steps 1–3), its loss (steps 4–6), the update (step 7), in the order of the algorithm box
 
 def route_probs(args: Args) -> list[float]:
     """Probability of each source (offline, DP, PP, PR) for one example under the chosen design (ALGORITHM.md §4)."""
@@ -311,6 +316,12 @@ def route_probs(args: Args) -> list[float]:
     return [0.0 if abs(offline) < 1e-9 else offline, dp, pp, pr]  # the paper's r + p + g = 1 leaves no offline
 
 
+def source_masks(source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(on_policy, policy_labeled), each Shape (B,) bool, of examples routed to `source`: the pair is two samples of
+    pi_θ (PP, PR: q_θ depends on θ, term (2)); the label is a draw from P_θ (DP, PP: P_θ depends on θ, term (3))."""
+    return (source == PP) | (source == PR), (source == DP) | (source == PP)
+
+
 def rollout_seed(seed: int, rollout: int, rank: int, stream: str) -> int:
     """One seed per (run seed, rollout, rank, stream), hashed (numpy's SeedSequence): a rollout replays, each rank
     draws its own, and routing, sampling, oracle labels and self-labels never share uniforms (ALGORITHM.md §6c)."""
@@ -318,13 +329,101 @@ def rollout_seed(seed: int, rollout: int, rank: int, stream: str) -> int:
     return int(state[0]) >> 1  # 63 bits: any torch seed
 
 
-def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int, rank: int = 0, world: int = 1) -> list[int]:
-    """Rows of rollout k: the k-th slice of an endless stream of per-epoch shuffles (stateless, so resumable); each of
-    `world` ranks takes its share of it, so 2 ranks x batch B see the rows of 1 rank x batch 2B, in the same order."""
-    start = (rollout * world + rank) * batch_size
-    positions = range(start, start + batch_size)  # position p: row p % n_rows of the shuffle of epoch p // n_rows
-    orders = {e: np.random.default_rng([seed, e]).permutation(n_rows) for e in {p // n_rows for p in positions}}
-    return [int(orders[p // n_rows][p % n_rows]) for p in positions]
+@dataclasses.dataclass
+class Rollout:
+    """One micro-batch of B examples with everything random about it drawn (steps 1–3), on the host."""
+    source: torch.Tensor  # (B,) OFFLINE, DP, PP or PR
+    prompt_ids: torch.Tensor  # (B, P) left-padded, on the device
+    prompt_mask: torch.Tensor  # (B, P)
+    y1: list[list[int]]  # B responses as token lists: two samples of pi_θ (PP, PR) or the dataset's pair
+    y2: list[list[int]]
+    z: torch.Tensor  # (B,) bool, True = y1 ≻ y2: the dataset's label (offline; DP until step 5) or the oracle's (PR)
+    uniforms: torch.Tensor  # (B,) float64 in [0, 1): the draws behind the self-labels of step 5
+    ties: int = 0  # PR pairs whose oracle scores were equal
+
+
+def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed: Callable[[str], int], amp_dtype,
+                 when: str) -> Rollout:
+    """Steps 1–3 for the examples of `batch`: route, respond, label. Each random draw comes from its own stream,
+    seeded by `stream_seed(name)` (ALGORITHM.md §6c), so that the rollout replays from (seed, rollout, rank)."""
+    B, device = len(batch), next(policy.parameters()).device
+    # 1. route: each example, independently, to offline, DP, PP or PR with the design's probabilities
+    routing = torch.Generator().manual_seed(stream_seed("route"))
+    source = torch.multinomial(torch.tensor(route_probs(args)), B, replacement=True, generator=routing)  # (B,)
+    online = source_masks(source)[0].nonzero().flatten().tolist()  # the PP and PR examples
+    prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in batch], args.max_prompt_length, device)
+
+    # 2. respond: two samples of pi_θ for every PP and PR prompt, in one batched call (KV cache on), cut at the first
+    # EOS; offline and DP examples take the dataset's pair, (y1, y2) = (chosen, rejected)
+    with gathered(policy), autocast(device, amp_dtype):  # FSDP: every rank, whether or not it samples
+        ys = sample(policy, tok, prompt_ids[online], prompt_mask[online], n=2, seed=stream_seed("sample"),
+                    args=args) if online else []  # [y1 of every online prompt; y2 of every online prompt]
+    y1, y2 = [None] * B, [None] * B
+    for j, i in enumerate(online):
+        y1[i], y2[i] = ys[j], ys[len(online) + j]
+    for i in (i for i in range(B) if i not in online):
+        y1[i], y2[i] = encode_responses(tok, [batch[i]["chosen"], batch[i]["rejected"]], args.max_new_tokens)
+
+    # 3. label, z = True when y1 wins: offline and DP examples carry the dataset's (y1 is the chosen one; step 5
+    # redraws DP's from the policy), PR examples get the oracle's, from its scores of y1 and y2
+    z, ties, pr_rows = torch.ones(B, dtype=torch.bool), 0, (source == PR).nonzero().flatten().tolist()
+    if pr_rows:  # the oracle scores all y1, then all y2
+        texts = tok.batch_decode([y1[i] for i in pr_rows] + [y2[i] for i in pr_rows], skip_special_tokens=True)
+        scores = ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr_rows] * 2, texts, when)
+        z[pr_rows], ties = oracle_label(scores[:len(pr_rows)], scores[len(pr_rows):], args.oracle_label,
+                                        torch.Generator().manual_seed(stream_seed("oracle")))
+    # the self-labels are drawn in step 5, from the policy's log-probs of the forward pass; their uniforms come now
+    uniforms = torch.rand(B, generator=torch.Generator().manual_seed(stream_seed("self")), dtype=torch.double)
+    return Rollout(source, prompt_ids, prompt_mask, y1, y2, z, uniforms, ties)
+
+
+def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, amp_dtype) -> tuple[torch.Tensor, dict]:
+    """Steps 4–6 on a rollout: the loss whose gradient, in expectation over rollouts, is −∇J_c + λ ∇KL (the objective
+    with each source's coefficient, §5, and the penalty, §6), and the metrics of the micro-batch. `grad_policy` is
+    pi_θ as the gradient flows through it: the policy itself, or its DDP wrapper under torchrun."""
+    B, device = len(rollout.y1), rollout.prompt_ids.device
+    source, z, uniforms = (t.to(device) for t in (rollout.source, rollout.z, rollout.uniforms))
+    on_policy, policy_labeled = source_masks(source)  # (B,) each
+
+    # 4. score: log pi_θ(y|x) and log pi_ref(y|x) of the 2B responses, rows [all y1; all y2], the reference without
+    # gradient; with the penalty, also KL_t(pi_ref ‖ pi_θ) over the vocabulary at every response position (§6)
+    input_ids, attention_mask, response_mask = join(rollout.prompt_ids, rollout.prompt_mask, rollout.y1 + rollout.y2,
+                                                    pad_id)  # (2B, T), (2B, T), (2B, R)
+    labels = input_ids[:, -response_mask.shape[1]:]  # (2B, R) the response tokens
+    with autocast(device, amp_dtype):
+        ref_vocab_logprobs = reference_logprobs(ref, input_ids, attention_mask, response_mask)  # (2B, R, V)
+        ref_token_logps = ref_vocab_logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (2B, R)
+        logits = response_logits(grad_policy, input_ids, attention_mask, response_mask)  # (2B, R, V)
+        token_logps, kl = token_logps_and_kl(logits, labels, ref_vocab_logprobs if args.revkl_coef else None)
+    policy_logps, ref_logps = (token_logps * response_mask).sum(1), (ref_token_logps * response_mask).sum(1)  # (2B,)
+
+    # 5. self-label: DP and PP pairs get a Bradley-Terry draw from the policy's implicit reward r_θ (detached)
+    z = torch.where(policy_labeled, implicit_reward_label(policy_logps, ref_logps, args.beta, uniforms), z)
+
+    # 6. loss: each pair in the label's order (y_w, y_l); ℓ(Δ) plus term (2) where the pair is sampled and term (3)
+    # where the label is drawn, with the coefficient of the example's source; plus λ × the mean KL_t
+    def ordered(t):  # (2B,) rows [y1; y2] -> (t of y_w, t of y_l), (B,) each
+        return torch.where(z, t[:B], t[B:]), torch.where(z, t[B:], t[:B])
+    pr_coef = 0.0 if args.design == "online-dpo" else args.pr_coef  # online DPO: SAIL-PR with the term switched off
+    coef = torch.tensor([0.0, args.dp_coef, args.pp_coef, pr_coef], dtype=policy_logps.dtype, device=device)[source]
+    surrogate, chosen_rewards, rejected_rewards = sail_loss(
+        *ordered(policy_logps), *ordered(ref_logps), beta=args.beta, loss_type=args.loss, response_coef=coef,
+        label_coef=coef, on_policy=on_policy, policy_labeled=policy_labeled, self_labels=args.self_labels,
+        lengths=ordered(response_mask.sum(1)), baseline=args.baseline)  # (B,) each
+    revkl = (kl * response_mask).sum() / response_mask.sum()  # mean KL_t over the batch's response tokens
+    loss = surrogate.mean() + args.revkl_coef * revkl
+
+    n_online = int(source_masks(rollout.source)[0].sum())  # on the host: no wait for the device
+    sample_kl = ((policy_logps - ref_logps).detach().view(2, B) * on_policy).sum() / (2 * n_online or 1)
+    return loss, {
+        "loss": surrogate.detach().mean(),  # the batch mean of ℓ(Δ) (E_z ℓ where --self-labels expect), without λ·KL
+        "rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        **({"objective/sample_kl": sample_kl} if n_online else {}),
+        **({"objective/revkl": revkl.detach()} if args.revkl_coef else {}),
+        **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
+        "labels/ties": float(rollout.ties)}
 
 
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
@@ -337,21 +436,17 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
 
     device = next(policy.parameters()).device
     rank, world = rank_and_world()
-    # under torchrun the training forward goes through DDP, which all-reduces the gradients in backward; sampling and
+    # the gradient forward goes through DDP under torchrun (it all-reduces the gradients in backward); sampling and
     # evaluation use the bare policy. A policy that FSDP2 sharded (`shard`) reduce-scatters its gradients itself.
     sharded = isinstance(policy, FSDPModule)
-    model = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 and not sharded else policy
+    grad_policy = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 and not sharded else policy
     # fused on CUDA: "theoretically fastest" (torch.optim docs) and, with a GradScaler, no found_inf.item() sync
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             fused=device.type == "cuda")
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[args.schedule]
     scheduler = get_scheduler(schedule, opt, num_warmup_steps=args.warmup_steps, num_training_steps=args.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 needs loss scaling
-    probs = torch.tensor(route_probs(args))  # (4,) P(offline), P(DP), P(PP), P(PR)
-    pr_coef = 0.0 if args.design == "online-dpo" else args.pr_coef  # online DPO is SAIL-PR with the term switched off
-    resp_coefs = torch.tensor([0.0, 0.0, args.pp_coef, pr_coef], device=device)  # (4,) of term (2) by source
-    label_coefs = torch.tensor([0.0, args.dp_coef, args.pp_coef, 0.0], device=device)  # (4,) of term (3) by source
-    B, history = args.batch_size, []
+    history = []
     start = load_checkpoint(resume_from, policy, opt, scheduler, scaler) if resume_from else 0
     policy.train()
 
@@ -359,96 +454,28 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
                     disable=rank != 0)
     for step in progress:
         t0, stats = time.perf_counter(), []
-        for micro in range(args.grad_accum):
-            rollout = step * args.grad_accum + micro
-            seed = functools.partial(rollout_seed, args.seed, rollout, rank)  # seed("route"), seed("sample"), ...
-            batch = [rows[i] for i in batch_indices(len(rows), B, args.seed, rollout, rank, world)]
-            routing = torch.Generator().manual_seed(seed("route"))
-            source = torch.multinomial(probs, B, replacement=True, generator=routing)  # (B,) OFFLINE/DP/PP/PR
-            on_policy, self_labeled = (source == PP) | (source == PR), (source == DP) | (source == PP)  # (B,) each
-            prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in batch], args.max_prompt_length,
-                                                     device)  # (B, P)
-
-            # 1. responses: two samples of pi_θ per PP and PR prompt, in one batched call (KV cache on), cut at the
-            # first EOS; the dataset's (chosen, rejected) as (y1, y2) for offline and DP examples
-            y1, y2 = [None] * B, [None] * B
-            online = on_policy.nonzero().flatten().tolist()
-            with gathered(policy), autocast(device, amp_dtype):  # FSDP: every rank, whether or not it samples
-                ys = sample(policy, tok, prompt_ids[online], prompt_mask[online], n=2, seed=seed("sample"),
-                            args=args) if online else []
-            for j, i in enumerate(online):
-                y1[i], y2[i] = ys[j], ys[len(online) + j]
-            for i in (i for i in range(B) if i not in online):
-                y1[i], y2[i] = encode_responses(tok, [batch[i]["chosen"], batch[i]["rejected"]], args.max_new_tokens)
-
-            # 2. labels known before the forward, z = True when y1 wins: offline examples keep the dataset's (y1 =
-            # chosen), PR examples get a Bradley-Terry draw from the oracle's scores; the uniforms of the self-labels
-            # are drawn now too, so that after the forward nothing waits for the device until the metrics
-            z, ties, pr_rows = torch.ones(B, dtype=torch.bool), 0, (source == PR).nonzero().flatten().tolist()
-            if pr_rows:  # the oracle scores all y1, then all y2
-                texts = tok.batch_decode([y1[i] for i in pr_rows] + [y2[i] for i in pr_rows], skip_special_tokens=True)
-                scores = ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr_rows] * 2, texts, f"step {step + 1}")
-                z[pr_rows], ties = oracle_label(scores[:len(pr_rows)], scores[len(pr_rows):], args.oracle_label,
-                                                torch.Generator().manual_seed(seed("oracle")))
-            uniforms = torch.rand(B, generator=torch.Generator().manual_seed(seed("self")), dtype=torch.double)
-            z, uniforms, source, on_policy, self_labeled = (t.to(device) for t in (z, uniforms, source, on_policy,
-                                                                                    self_labeled))
-
-            # 3. log-probs of the 2B responses (rows [all y1; all y2]): the reference once per rollout, without
-            # gradient, then the policy; with the penalty, the exact KL_t at every response position (§6)
-            input_ids, attention_mask, response_mask = join(prompt_ids, prompt_mask, y1 + y2, tok.pad_token_id)
-            labels = input_ids[:, -response_mask.shape[1]:]  # (2B, R) the response tokens
-            if sharded:  # the gradients are reduced in the backward of the last micro-step only: FSDP
-                policy.set_requires_gradient_sync(micro == args.grad_accum - 1)  # reduce-scatters them, DDP
-            elif world > 1:  # all-reduces them (set before the forward, as nanoGPT does)
-                model.require_backward_grad_sync = micro == args.grad_accum - 1
-            with autocast(device, amp_dtype):
-                ref_logprobs = reference_logprobs(ref, input_ids, attention_mask, response_mask)  # (2B, R, V)
-                ref_logps = (ref_logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1) * response_mask).sum(1)  # (2B,)
-                ref_logprobs = ref_logprobs if args.revkl_coef else None  # only the penalty needs all of pi_ref
-                logits = response_logits(model, input_ids, attention_mask, response_mask)  # (2B, R, V)
-                token_logps, kl = token_logps_and_kl(logits, labels, ref_logprobs)  # (2B, R) each
-            policy_logps = (token_logps * response_mask).sum(1)  # (2B,)
-            # DP and PP examples: a Bradley-Terry draw from the policy's implicit reward (detached, this forward's)
-            z = torch.where(self_labeled, implicit_reward_label(policy_logps, ref_logps, args.beta, uniforms), z)
-
-            # 4. loss and backward: order each pair as (y_w, y_l), add the bilevel terms where they apply, the penalty
-            def ordered(t):  # (2B,) rows [y1; y2] -> (t of y_w, t of y_l), (B,) each
-                return torch.where(z, t[:B], t[B:]), torch.where(z, t[B:], t[:B])
-            losses, chosen_rewards, rejected_rewards = sail_loss(
-                *ordered(policy_logps), *ordered(ref_logps), beta=args.beta, loss_type=args.loss,
-                response_coef=resp_coefs[source], label_coef=label_coefs[source], on_policy=on_policy,
-                self_labeled=self_labeled, self_labels=args.self_labels,
-                lengths=ordered(response_mask.sum(1)), baseline=args.baseline)
-            revkl = (kl * response_mask).sum() / response_mask.sum()  # mean KL_t over the batch's response tokens
-            loss = losses.mean() + args.revkl_coef * revkl
+        for micro in range(args.grad_accum):  # steps 1–6 on each micro-batch (one rollout), its gradient accumulated
+            rollout_index = step * args.grad_accum + micro
+            rows_now = batch_indices(len(rows), args.batch_size, args.seed, rollout_index, rank, world)
+            stream_seed = functools.partial(rollout_seed, args.seed, rollout_index, rank)  # stream_seed("route"), ...
+            rollout = make_rollout(args, policy, tok, [rows[i] for i in rows_now], oracle, stream_seed, amp_dtype,
+                                   when=f"step {step + 1}")
+            last = micro == args.grad_accum - 1  # gradients are reduced across ranks in the last backward only:
+            if sharded:  # FSDP reduce-scatters them, DDP all-reduces them (set before the forward, as nanoGPT does)
+                policy.set_requires_gradient_sync(last)
+            elif world > 1:
+                grad_policy.require_backward_grad_sync = last
+            loss, micro_stats = rollout_loss(args, grad_policy, ref, rollout, tok.pad_token_id, amp_dtype)
             scaler.scale(loss / args.grad_accum).backward()
-            sample_kl = ((policy_logps - ref_logps).detach().view(2, B) * on_policy).sum() / (2 * len(online) or 1)
-            stats.append({
-                "loss": losses.detach().mean(),
-                "rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
-                "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-                "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-                **({"objective/sample_kl": sample_kl} if online else {}),
-                **({"objective/revkl": revkl.detach()} if args.revkl_coef else {}),
-                **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
-                "labels/ties": float(ties)})
+            stats.append(micro_stats)
 
-        # 5. average the metrics of the micro-batches, of every rank (on the host: logging needs them); a
-        # non-finite loss stops the run, on every rank, before the update, so the last checkpoint stays good
-        stats = [{k: float(v) for k, v in s.items()} for s in stats]
-        if world > 1:
-            every_rank = [None] * world
-            dist.all_gather_object(every_rank, stats)
-            stats = [s for rank_stats in every_rank for s in rank_stats]
-        metrics = {"step": step + 1}
-        for key in dict.fromkeys(k for s in stats for k in s):  # every key, in order (sample_kl may be absent)
-            metrics[key] = float(np.mean([s[key] for s in stats if key in s]))
+        # a non-finite loss stops the run, on every rank, before the update, so that the last checkpoint stays good
+        metrics = {"step": step + 1, **mean_metrics(stats, world)}
         if not math.isfinite(metrics["loss"]):
             raise RunError(f"the loss is {metrics['loss']} at step {step + 1}: stopped before the update; the last "
                            f"checkpoint in {checkpoint_dir} is intact (try a lower --lr or --dtype fp32)")
 
-        # 6. optimizer step: unscale (fp16), clip, step, schedule
+        # 7. update: unscale (fp16), clip, AdamW step, schedule
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm or float("inf"))
         scaler.step(opt)
@@ -456,10 +483,10 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         scheduler.step()
         opt.zero_grad(set_to_none=True)
 
-        # 7. log, evaluate, save
+        # log, evaluate, save; stop after a SIGTERM
         grad_norm = grad_norm.full_tensor() if sharded else grad_norm  # FSDP: a DTensor, the same on every rank
         metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
-        metrics["timing/samples_per_s"] = B * args.grad_accum * world / (time.perf_counter() - t0)
+        metrics["timing/samples_per_s"] = args.batch_size * args.grad_accum * world / (time.perf_counter() - t0)
         if (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps:
             policy.eval()
             evaluation = evaluate(policy, ref, tok, eval_rows, oracle, args, amp_dtype,
@@ -481,6 +508,18 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
                               ("loss", "rewards/margins", "eval/gold/reward") if k in metrics})
     return history
 
+
+def mean_metrics(stats: list[dict], world: int) -> dict:
+    """The metrics of every micro-batch of every rank, averaged key by key, on the host (logging needs them)."""
+    stats = [{k: float(v) for k, v in s.items()} for s in stats]
+    if world > 1:
+        every_rank = [None] * world
+        dist.all_gather_object(every_rank, stats)
+        stats = [s for rank_stats in every_rank for s in rank_stats]
+    keys = dict.fromkeys(k for s in stats for k in s)  # every key, in order (sample_kl may be absent)
+    return {key: float(np.mean([s[key] for s in stats if key in s])) for key in keys}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Evaluation: gold reward, win rate against the reference, KL to the reference, on held-out prompts
 
@@ -491,6 +530,7 @@ def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=t
     objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ(y|x) − log pi_ref(y|x)].
     With --fsdp every rank evaluates (the same rows, the same result), holding one whole model at a time."""
     device = next(policy.parameters()).device
+    args = dataclasses.replace(args, temperature=1.0, top_p=1.0, top_k=0)  # samples of pi_θ itself, whatever the run's
     kl, gold, wins = [], [], []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
@@ -818,12 +858,22 @@ def from_pretrained(auto_class, name: str, **kwargs):
 
 
 def load_policy(name: str, device):
-    """Any causal LM and its tokenizer, from the hub or a local folder; a missing pad token becomes EOS."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    """Any causal LM and its tokenizer, from the hub or a local folder; a missing pad token becomes EOS; no dropout."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tok = from_pretrained(AutoTokenizer, name)
     tok.pad_token = tok.pad_token or tok.eos_token  # safe: masks are built by position, never by id (ALGORITHM.md §8)
-    model = from_pretrained(AutoModelForCausalLM, name, dtype=torch.float32).to(device)  # fp32 master weights
+    # no dropout: the self-labels and term (2) reuse the training forward, which must score the distribution that was
+    # sampled (as TRL's DPO). NOTE: zeroing nn.Dropout modules is not enough: many models apply dropout functionally
+    # with a probability their layers read from the config (OPT's dropout, Llama's attention_dropout)
+    config = from_pretrained(AutoConfig, name)
+    for key, value in config.to_dict().items():
+        if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float):
+            setattr(config, key, 0.0)
+    model = from_pretrained(AutoModelForCausalLM, name, config=config, dtype=torch.float32).to(device)  # fp32 master
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
     # NOTE: a neutral config: generate() takes what `sample` leaves unset from it, and a hub's (a repetition penalty,
     # ...) would sample from another distribution than pi_θ
     model.generation_config = GenerationConfig()
@@ -1113,6 +1163,15 @@ def join(prompt_ids, prompt_mask, responses: list[list[int]], pad_id: int):
     input_ids = torch.cat([prompt_ids.repeat(n, 1), resp], dim=1)  # (nB, T)
     attention_mask = torch.cat([prompt_mask.repeat(n, 1), resp_mask], dim=1)  # (nB, T)
     return input_ids, attention_mask, resp_mask
+
+
+def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Rows of rollout k: the k-th slice of an endless stream of per-epoch shuffles (stateless, so resumable); each of
+    `world` ranks takes its share of it, so 2 ranks x batch B see the rows of 1 rank x batch 2B, in the same order."""
+    start = (rollout * world + rank) * batch_size
+    positions = range(start, start + batch_size)  # position p: row p % n_rows of the shuffle of epoch p // n_rows
+    orders = {e: np.random.default_rng([seed, e]).permutation(n_rows) for e in {p // n_rows for p in positions}}
+    return [int(orders[p // n_rows][p % n_rows]) for p in positions]
 
 # --------------------------------------------------------------------------------------------------------------
 # Checkpoints and the output folder
@@ -1408,10 +1467,7 @@ def main(argv=None) -> dict:
         oracle_dtype = amp_dtype if device.type == "cuda" else torch.float32
         oracle = (reward_model_oracle(args.reward_model, device, oracle_dtype, args.reward_batch_size)
                   if args.reward_model else load_reward_fn(args.reward_fn) if args.reward_fn else None)
-    for m in policy.modules():  # no dropout: the labelers reuse the training forward (as TRL's DPO does)
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    if args.lora_r:  # after the loop above, so that --lora-dropout holds
+    if args.lora_r:  # its --lora-dropout is the only dropout left in the forward
         policy = add_lora(policy, args)
     if world > 1:  # every rank starts from rank 0's weights (the embedded task is built on each rank)
         for t in policy.state_dict().values():

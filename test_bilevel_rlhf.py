@@ -36,7 +36,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 f64 = torch.float64
 LOSS_TYPES = ("dpo", "ipo", "ipo-token", "slic")
 ON_POLICY_SOURCES = (br.PP, br.PR)  # the pair was sampled from pi_θ: q depends on θ
-SELF_LABELED_SOURCES = (br.DP, br.PP)  # the label was drawn from P_θ: P depends on θ
+POLICY_LABELED_SOURCES = (br.DP, br.PP)  # the label was drawn from P_θ: P depends on θ
 
 
 def pairwise_loss(delta, beta, loss_type):
@@ -81,7 +81,7 @@ def enumerate_outcomes(route):
     z = z.bool()
     return SimpleNamespace(x=x, source=s, yw=torch.where(z, y1, y2), yl=torch.where(z, y2, y1), y1=y1, y2=y2, z=z,
                            on_policy=torch.isin(s, torch.tensor(ON_POLICY_SOURCES)),
-                           self_labeled=torch.isin(s, torch.tensor(SELF_LABELED_SOURCES)))
+                           policy_labeled=torch.isin(s, torch.tensor(POLICY_LABELED_SOURCES)))
 
 
 def outcome_probs(theta, task, o, route):
@@ -89,7 +89,7 @@ def outcome_probs(theta, task, o, route):
     logp = torch.log_softmax(theta, -1)  # (X, Y)
     q = torch.where(o.on_policy, (logp[o.x, o.y1] + logp[o.x, o.y2]).exp(), task.D[o.x, o.y1, o.y2])
     r = BETA * (logp - task.ref_logp)  # implicit reward r_θ
-    p_y1 = torch.where(o.self_labeled, torch.sigmoid(r[o.x, o.y1] - r[o.x, o.y2]),
+    p_y1 = torch.where(o.policy_labeled, torch.sigmoid(r[o.x, o.y1] - r[o.x, o.y2]),
                        torch.sigmoid(task.score[o.x, o.y1] - task.score[o.x, o.y2]))
     return torch.tensor(route, dtype=f64)[o.source] / X * q * torch.where(o.z, p_y1, 1 - p_y1)
 
@@ -118,7 +118,7 @@ def expected_surrogate_grad(task, o, route, loss_type, coef, self_labels="sample
     with their probabilities weighs it by 1, as the estimator that never draws z does."""
     theta = task.theta.clone().requires_grad_()
     losses, _, _ = br.sail_loss(*logps(theta, task, o), beta=BETA, loss_type=loss_type, response_coef=coef,
-                                label_coef=coef, on_policy=o.on_policy, self_labeled=o.self_labeled,
+                                label_coef=coef, on_policy=o.on_policy, policy_labeled=o.policy_labeled,
                                 self_labels=self_labels, lengths=lengths(task, o), baseline="none")
     weights = outcome_probs(theta, task, o, route).detach()
     return torch.autograd.grad((weights * losses).sum(), theta)[0]
@@ -153,7 +153,7 @@ def test_loss_values_match_formulas():
             # the bilevel terms are zero-valued surrogates: same values, different gradients
             bilevel = [t.clone().requires_grad_() for t in (pw, pl, rw, rl)]
             losses_b, _, _ = br.sail_loss(*bilevel, beta=beta, loss_type=loss_type, response_coef=1.0, label_coef=1.0,
-                                          on_policy=every, self_labeled=every, lengths=(lw, ll))
+                                          on_policy=every, policy_labeled=every, lengths=(lw, ll))
             torch.testing.assert_close(losses_b, expected[loss_type], rtol=0, atol=1e-12)
             grad_plain = torch.autograd.grad(losses.sum(), plain[:2])
             grad_bilevel = torch.autograd.grad(losses_b.sum(), bilevel[:2])
@@ -165,7 +165,7 @@ def test_loss_values_match_formulas():
             mean_loss = p * expected[loss_type] + (1 - p) * pairwise_loss(swapped, beta, loss_type)
             for order in ((pw, pl, rw, rl, lw, ll), (pl, pw, rl, rw, ll, lw)):
                 expect, _, _ = br.sail_loss(*order[:4], beta=beta, loss_type=loss_type, label_coef=1.0,
-                                            self_labeled=every, self_labels="expect", lengths=order[4:])
+                                            policy_labeled=every, self_labels="expect", lengths=order[4:])
                 torch.testing.assert_close(expect, mean_loss, rtol=0, atol=1e-12)
 
 
@@ -209,12 +209,12 @@ def test_loo_baseline_keeps_expected_gradient(design, loss_type):
     batch = torch.stack([i, j], 1)  # (N², 2): one batch of two examples per row
 
     def pair_losses(theta, baseline, rows=batch):  # sail_loss on each row's batch of two, vmapped. Shape: (rows, 2)
-        def one_batch(pw, pl, rw, rl, on_policy, self_labeled, lw, ll):
+        def one_batch(pw, pl, rw, rl, on_policy, policy_labeled, lw, ll):
             return br.sail_loss(pw, pl, rw, rl, beta=BETA, loss_type=loss_type, response_coef=1.0, label_coef=1.0,
-                                on_policy=on_policy, self_labeled=self_labeled, lengths=(lw, ll),
+                                on_policy=on_policy, policy_labeled=policy_labeled, lengths=(lw, ll),
                                 baseline=baseline)[0]
         oij = SimpleNamespace(**{k: v[rows] for k, v in vars(o).items()})
-        return torch.func.vmap(one_batch)(*logps(theta, task, oij), oij.on_policy, oij.self_labeled,
+        return torch.func.vmap(one_batch)(*logps(theta, task, oij), oij.on_policy, oij.policy_labeled,
                                           *lengths(task, oij))
 
     def expected_grad(baseline):
