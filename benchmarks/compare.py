@@ -59,7 +59,9 @@ ABLATIONS = {
 
 
 def sample_statistics(policy, tok, eval_rows, args) -> dict:
-    """Degeneration checks on one sample per eval prompt: length, distinct bigrams, how often EOS is reached."""
+    """Degeneration checks on one sample per eval prompt: length, distinct bigrams, how often EOS is reached. At
+    temperature 1, without top-p/top-k, as the evaluation samples: statistics of pi_θ, whatever the run sampled at."""
+    args = dataclasses.replace(args, temperature=1.0, top_p=1.0, top_k=0)
     prompt_ids, prompt_mask = br.encode_prompts(tok, [r["prompt"] for r in eval_rows], args.max_prompt_length, "cpu")
     ys = br.sample(policy, tok, prompt_ids, prompt_mask, n=1, seed=99, args=args)
     bigrams = [tuple(y[i:i + 2]) for y in ys for i in range(len(y) - 1)]

@@ -182,7 +182,7 @@ def measure(opts, device, amp_dtype, checkpointing: bool, pairs: int) -> dict:
             with torch.no_grad():
                 ref_logps = br.sequence_logps(ref, *seqs)  # (2B,)
         losses, _, _ = br.sail_loss(policy_logps[:B], policy_logps[B:], ref_logps[:B], ref_logps[B:], beta=0.1,
-                                    response_coef=0.3, label_coef=0.2, on_policy=on_policy, self_labeled=on_policy)
+                                    response_coef=0.3, label_coef=0.2, on_policy=on_policy, policy_labeled=on_policy)
         scaler.scale(losses.mean()).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
