@@ -27,8 +27,10 @@ By the log-derivative trick, ∇J is the sum of three terms (§5), each estimate
     (2)  −ℓ · ∇[log pi_θ(y1|x) + log pi_θ(y2|x)]         the response term, where q_θ depends on θ (PP, PR)
     (3)  −ℓ · ∇ log P_θ(z)                               the label term, where P_θ depends on θ (DP, PP)
 
-Terms (2) and (3) carry coefficients c in [0, 1]: c = 1 follows ∇J, c = 0 is online (iterative) DPO, and in between
-the expected update is (1 − c) · online DPO's + c · ∇J (§5). The designs:
+Terms (2) and (3) carry the coefficient c in [0, 1] of the example's source. c = 1 follows ∇J; c = 0 drops them: on PR
+examples that is online (iterative) DPO, on DP and PP examples DPO on self-labelled pairs (whose expected gradient is
+zero with the DPO loss, §4). In between, the expected update is (1 − c)·g_0 + c·∇J, g_0 being the gradient of J with
+its data distribution held at the current policy (§5). The designs:
 
     dpo         offline only: offline DPO, IPO or SLiC by --loss
     online-dpo  a fraction --pr-fraction of PR examples, the rest offline, no bilevel term
@@ -36,6 +38,17 @@ the expected update is (1 − c) · online DPO's + c · ∇J (§5). The designs:
     sail-pp     a fraction --pp-fraction of PP examples: terms (2) and (3), coefficient --pp-coef
     sail-dp     a fraction --dp-fraction of DP examples: term (3), coefficient --dp-coef
     mix         every example routed at random to offline, DP, PP or PR (the paper's mixture)
+
+One training step, on each micro-batch of examples: the paper's algorithm box, one function for each part.
+
+    make_rollout   1. route       each example to offline, DP, PP or PR, with the design's probabilities
+                   2. respond     two samples of pi_θ for PP and PR examples, the dataset's pair for the others
+                   3. label       PR pairs by the oracle; offline and DP pairs carry the dataset's label
+    rollout_loss   4. score       log pi_θ(y|x) and log pi_ref(y|x) of every response (and KL_t for the penalty)
+                   5. self-label  DP and PP pairs by a draw from P_θ, the policy's own Bradley-Terry model
+                   6. loss        ℓ(Δ) of each pair in its label's order plus terms (2) and (3) with its source's c
+                                  (sail_loss), plus λ × the KL(pi_ref ‖ pi_θ) penalty of SAIL-RevKL (§6)
+    train          7. update      backward, clip, AdamW step; around it: accumulation, logging, checkpoints
 
 The mathematics is in ALGORITHM.md; where this file departs from the paper and from its authors' code, and why, is in
 the README ("Differences").
