@@ -534,16 +534,16 @@ def mean_metrics(stats: list[dict], world: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Evaluation: gold reward, win rate against the reference, KL to the reference, on held-out prompts
+# Evaluation: gold reward, win rate against the reference, KL to the reference, on evaluation prompts
 
 @torch.no_grad()
 def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=torch.float32,
              batch_size: int = 64, when: str = "evaluation") -> dict:
-    """Sample one response per prompt of `rows` from the policy and from the reference (same seeds), compare them;
-    objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ(y|x) − log pi_ref(y|x)].
+    """Sample one response per prompt of `rows` from the policy and from the reference (same seeds, temperature 1),
+    compare them; objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ − log pi_ref].
     With --fsdp every rank evaluates (the same rows, the same result), holding one whole model at a time."""
     device = next(policy.parameters()).device
-    args = dataclasses.replace(args, temperature=1.0, top_p=1.0, top_k=0)  # samples of pi_θ itself, whatever the run's
+    args = dataclasses.replace(args, temperature=1.0, top_p=1.0, top_k=0)  # pi_θ itself, whatever the run sampled
     kl, gold, wins = [], [], []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
@@ -581,7 +581,7 @@ class Args:
     seed: int = arg(0, "seeds data order, routing, sampling and labels; a rollout is replayable from (seed, step)")
     steps: int = arg(300, "optimizer steps")
     eval_every: int = arg(50, "evaluate every N steps (and at the end); 0 = only at the end")
-    eval_prompts: int = arg(128, "at most this many held-out prompts are used for evaluation")
+    eval_prompts: int = arg(128, "at most this many evaluation prompts")
     save_every: int = arg(0, "save a checkpoint every N steps (and always at the end); 0 = only at the end")
     keep_last: int = arg(2, "checkpoints kept in --output-dir (older ones are deleted); 0 = keep all")
     resume: bool = arg(False, "continue the newest checkpoint in --output-dir even if its args differ (same args do)")
@@ -849,6 +849,7 @@ def build_embedded_task(args: Args, device):
         first_wins, _ = oracle_label(gold_reward(chunk, firsts), gold_reward(chunk, seconds), "sample", g)
         rows += [{"prompt": p, "raw_prompt": p, "chosen": a if a_wins else b, "rejected": b if a_wins else a}
                  for p, a, b, a_wins in zip(chunk, firsts, seconds, first_wins)]
+    # evaluation prompts: fresh draws of the task's prompts, not held out (its few prompts occur in training too)
     eval_rows = [{"prompt": p, "raw_prompt": p} for p, _ in (random_review(rng) for _ in range(args.eval_prompts))]
     return policy, tok, rows, eval_rows
 

@@ -294,7 +294,8 @@ def rollout_of(task, outcome, beta):
     p = float(torch.sigmoid(beta * (logp[y1] - logp[y2])))
     uniform = p * (1 - 1e-6) if z else p + (1 - p) * 1e-6
     return br.Rollout(source=torch.tensor([s]), prompt_ids=torch.tensor([[x]]), prompt_mask=torch.tensor([[1]]),
-                      y1=[[y1]], y2=[[y2]], z=torch.tensor([z or s != br.PR]), uniforms=torch.tensor([uniform], dtype=f64))
+                      y1=[[y1]], y2=[[y2]], z=torch.tensor([z or s != br.PR]),
+                      uniforms=torch.tensor([uniform], dtype=f64))
 
 
 @pytest.mark.parametrize("revkl_coef", (0.0, 0.7))
@@ -497,9 +498,9 @@ def test_kl_penalty_with_multi_token_responses_matches_a_loop_over_positions():
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
 def test_no_dropout_in_the_training_forward_not_even_from_the_config(arch, tmp_path):
-    """Llama applies its config's attention_dropout and OPT its dropout functionally, not through nn.Dropout: load_policy
-    must zero the config, or two training-mode forwards of the same batch differ (the self-labels and term (2) would
-    score a noisy forward)."""
+    """Llama applies its config's attention_dropout and OPT its dropout functionally, not through nn.Dropout:
+    load_policy must zero the config, or two training-mode forwards of the same batch differ (the self-labels and
+    term (2) would score a noisy forward)."""
     from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
     _, tok = tiny_model()

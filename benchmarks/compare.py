@@ -3,7 +3,7 @@
 Every run aligns the same SFT reference (built once) on the same offline pairs for the same number of steps and
 pairs per step, so budgets match: steps × batch size preference pairs per run. Online designs additionally ask the
 oracle for labels of their own samples (counted in the `oracle labels` column). Each run is evaluated every
---eval-every steps on the same held-out prompts; the points along training give one curve per method.
+--eval-every steps on the same evaluation prompts; the points along training give one curve per method.
 
     python benchmarks/compare.py --jobs 2     # the full comparison (3 seeds; about an hour on 2 CPU cores)
     python benchmarks/compare.py --quick      # a smaller task, 1 seed, 120 steps (not timed at this grid)
