@@ -516,21 +516,27 @@ def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=t
 # --------------------------------------------------------------------------------------------------------------
 # Everything around the algorithm. Arguments: one flat dataclass; --help and the flags come from it
 
-def arg(default, help: str):
-    """A field of Args with its --help text, which ends with the default unless it gives it itself."""
+def arg(default, help: str, bounds: Optional[str] = None):
+    """A field of Args with its --help text, which ends with the default unless it gives it itself, after the interval
+    that `validate` reads there and checks the value against: "[0, 1)", "(0, inf)", ... (NaN is in none)."""
     shown = default is not None and "default" not in help
-    return dataclasses.field(default=default, metadata={"help": help + (f" (default: {default})" if shown else "")})
+    return dataclasses.field(default=default, metadata={"help": help + (f", in {bounds}" if bounds else "") +
+                                                        (f" (default: {default})" if shown else "")})
+
+
+GE0, GE1, GT0, UNIT = "[0, inf)", "[1, inf)", "(0, inf)", "[0, 1]"  # the intervals of most numeric flags
 
 
 @dataclasses.dataclass
 class Args:
     output_dir: Optional[str] = arg(None, "checkpoints, model, args.json, metrics.jsonl (default: runs/MODEL-DESIGN)")
-    seed: int = arg(0, "seeds data order, routing, sampling and labels; a rollout is replayable from (seed, step)")
-    steps: int = arg(300, "optimizer steps")
-    eval_every: int = arg(50, "evaluate every N steps (and at the end); 0 = only at the end")
-    eval_prompts: int = arg(128, "at most this many held-out prompts are used for evaluation")
-    save_every: int = arg(0, "save a checkpoint every N steps (and always at the end); 0 = only at the end")
-    keep_last: int = arg(2, "checkpoints kept in --output-dir (older ones are deleted); 0 = keep all")
+    seed: int = arg(0, "seeds data order, routing, sampling and labels; a rollout is replayable from (seed, step)",
+                     "[0, 4294967295]")  # numpy's seeds
+    steps: int = arg(300, "optimizer steps", GE1)
+    eval_every: int = arg(50, "evaluate every N steps (and at the end); 0 = only at the end", GE0)
+    eval_prompts: int = arg(128, "at most this many held-out prompts are used for evaluation", GE1)
+    save_every: int = arg(0, "save a checkpoint every N steps (and always at the end); 0 = only at the end", GE0)
+    keep_last: int = arg(2, "checkpoints kept in --output-dir (older ones are deleted); 0 = keep all", GE0)
     resume: bool = arg(False, "continue the newest checkpoint in --output-dir even if its args differ (same args do)")
     overwrite: bool = arg(False, "start over in an --output-dir of another run, deleting its checkpoints")
     report_to: Literal["none", "tensorboard", "wandb"] = arg("none", "also log to TensorBoard or Weights & Biases")
@@ -541,60 +547,64 @@ class Args:
     dataset: Optional[str] = arg(None, "preference data for --model: a .jsonl/.json file or a hub dataset id (README)")
     dataset_split: str = arg("train", "split of a hub dataset used for training")
     eval_split: Optional[str] = arg(None, "eval prompts: a hub split or a file; None = hold out --eval-fraction")
-    eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation when --eval-split is not given")
+    eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation when --eval-split is not given",
+                               "[0, 1)")
     reward_model: Optional[str] = arg(None, "hub id or folder of a sequence-classification reward model: the oracle")
     reward_fn: Optional[str] = arg(None, "oracle f(prompts, responses) -> list of scores: module:func or file.py:func")
-    reward_batch_size: int = arg(16, "responses scored per reward-model forward")
+    reward_batch_size: int = arg(16, "responses scored per reward-model forward", GE1)
     max_prompt_length: Optional[int] = arg(None, "prompts lose their beginning beyond this (default: the context minus "
-        "--max-new-tokens, ≤ 512)")
+        "--max-new-tokens, ≤ 512)", GE1)
 
     # algorithm
     design: Literal[DESIGNS] = arg("sail-pr", "which pairs and labels are used; see the module docstring")
     loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "pairwise loss ℓ(Δ): dpo (sigmoid); ipo (IPO Eq. 17, "
         "on summed log-probs); ipo-token (TRL's IPO, per token); slic (TRL's hinge max(0, 1 − βΔ), not SLiC-HF's loss)")
     beta: Optional[float] = arg(None, "β, the KL strength of the lower level and the scale of the implicit reward "
-        "(default: 0.1; 1.0 with --loss slic, so that its hinge asks for SLiC-HF's margin of 1 nat rather than 10)")
+        "(default: 0.1; 1.0 with --loss slic, so that its hinge asks for SLiC-HF's margin of 1 nat rather than 10)", GT0)
     dp_fraction: Optional[float] = arg(None, "r: fraction of DP examples, dataset pairs relabelled by the policy "
-        f"(default: {PAPER_FRACTIONS['dp']} in sail-dp, {MIX_SCALE} × that in mix)")
-    dp_coef: float = arg(0.2, "ρ: coefficient of the label term (3) on DP examples")
+        f"(default: {PAPER_FRACTIONS['dp']} in sail-dp, {MIX_SCALE} × that in mix)", UNIT)
+    dp_coef: float = arg(0.2, "ρ: coefficient of the label term (3) on DP examples", UNIT)
     pp_fraction: Optional[float] = arg(None, "p: fraction of PP examples, sampled from and labelled by the policy "
-        f"(default: {PAPER_FRACTIONS['pp']} in sail-pp, {MIX_SCALE} × that in mix)")
-    pp_coef: float = arg(0.2, "coefficient of terms (2) and (3) on PP examples (the paper writes it π)")
+        f"(default: {PAPER_FRACTIONS['pp']} in sail-pp, {MIX_SCALE} × that in mix)", UNIT)
+    pp_coef: float = arg(0.2, "coefficient of terms (2) and (3) on PP examples (the paper writes it π)", UNIT)
     pr_fraction: Optional[float] = arg(None, "g: fraction of PR examples, sampled from the policy and labelled by the "
-        f"oracle (default: {PAPER_FRACTIONS['pr']} in online-dpo and sail-pr, {MIX_SCALE} × that in mix)")
-    pr_coef: float = arg(0.3, "γ: coefficient of the response term (2) on PR examples (0 for online-dpo)")
+        f"oracle (default: {PAPER_FRACTIONS['pr']} in online-dpo and sail-pr, {MIX_SCALE} × that in mix)", UNIT)
+    pr_coef: float = arg(0.3, "γ: coefficient of the response term (2) on PR examples (0 for online-dpo)", UNIT)
     baseline: Literal["loo", "none"] = arg("loo", "baseline b of term (2): leave-one-out mean of ℓ, or none")
     oracle_label: Literal["sample", "argmax"] = arg("sample", "a Bradley-Terry draw on the oracle's scores, or the "
         "higher score (ties a coin flip)")
     self_labels: Literal["sample", "expect"] = arg("expect", "labels of DP and PP examples: sample (a draw from "
         "P_θ, the paper's) or expect (the loss's expectation over the label, §6b; better for every design: README)")
     revkl_coef: Optional[float] = arg(None, "λ of the SAIL-RevKL penalty: λ × the exact next-token KL(pi_ref ‖ pi_θ) "
-        f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, 0 otherwise)")
+        f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, 0 otherwise)",
+        GE0)
 
     # sampling
     max_new_tokens: Optional[int] = arg(None, "tokens generated per response, and the length dataset responses are cut "
-        "to (default: 24 on the embedded task; with --model, 128 or a quarter of its context if that is less)")
+        "to (default: 24 on the embedded task; with --model, 128 or a quarter of its context if that is less)", GE1)
     temperature: float = arg(1.0, "sampling temperature; term (2) is unbiased only at 1.0 (and bf16 sampling "
-        "draws from a slightly different distribution than the fp32 log-probs that it differentiates)")
-    top_p: float = arg(1.0, "nucleus sampling; term (2) is unbiased only at 1.0")
-    top_k: int = arg(0, "top-k sampling, 0 = off; term (2) is unbiased only at 0")
+        "draws from a slightly different distribution than the fp32 log-probs that it differentiates)", GT0)
+    top_p: float = arg(1.0, "nucleus sampling; term (2) is unbiased only at 1.0", "(0, 1]")
+    top_k: int = arg(0, "top-k sampling, 0 = off; term (2) is unbiased only at 0", GE0)
     static_cache: Literal["auto", "on", "off"] = arg("auto", "generate with a static KV cache (CUDA graphs on a GPU): "
         "auto = on for CUDA where the model supports it, off elsewhere (README \"Generation on a GPU\")")
 
     # optimizer
-    lr: Optional[float] = arg(None, "AdamW learning rate (default: 1e-4 on the embedded task, 5e-7 with --model)")
-    warmup_steps: int = arg(10, "linear warm-up steps")
+    lr: Optional[float] = arg(None, "AdamW learning rate (default: 1e-4 on the embedded task, 5e-7 with --model)", GE0)
+    warmup_steps: int = arg(10, "linear warm-up steps", GE0)
     schedule: Literal["constant", "linear", "cosine"] = arg("constant", "learning-rate schedule after the warm-up")
-    weight_decay: float = arg(0.0, "AdamW weight decay")
-    max_grad_norm: float = arg(1.0, "gradient clipping norm; 0 = off")
-    batch_size: int = arg(16, "pairs per micro-batch (one rollout)")
-    grad_accum: int = arg(1, "micro-batches per optimizer step")
+    weight_decay: float = arg(0.0, "AdamW weight decay", GE0)
+    max_grad_norm: float = arg(1.0, "gradient clipping norm; 0 = off", GE0)
+    batch_size: int = arg(16, "pairs per micro-batch (one rollout)", GE1)
+    grad_accum: int = arg(1, "micro-batches per optimizer step", GE1)
 
     # LoRA adapters (with the peft package, imported only then)
-    lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off")
-    lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight")
+    lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off",
+                       GE0)
+    lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight", GT0)
     lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05); the labelers and the bilevel "
-        "terms reuse the training forward, which it makes random (the rest of the model runs without dropout)")
+        "terms reuse the training forward, which it makes random (the rest of the model runs without dropout)",
+        "[0, 1)")
     lora_target_modules: str = arg("all-linear", "modules that get adapters: all-linear (every linear layer but the "
         "output head) or comma-separated names, e.g. q_proj,k_proj,v_proj,o_proj,up_proj,gate_proj,down_proj")
 
@@ -607,27 +617,59 @@ class Args:
 
 
 def parse_args(argv=None) -> Args:
-    """Args from the flags; a .yaml/.yml/.json file given first sets the fields it names, later flags override it."""
+    """Args from the flags; a .yaml/.yml/.json file given first sets the fields it names, later flags override it.
+    The file becomes flags parsed by the same parser: its values get the command line's type and choice checks."""
     import yaml  # a dependency of transformers
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(Args, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser, where = HfArgumentParser(Args, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter), ""
+
+    def error(message):  # one line and exit code 2 (argparse's own error prints the whole usage first)
+        print(f"{parser.prog}: error: {where}{message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+    parser.error = error
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         try:
             config = yaml.safe_load(open(argv[0])) or {}  # JSON is YAML
         except (OSError, yaml.YAMLError) as e:
-            parser.error(f"{argv[0]}: cannot read it as YAML or JSON ({e})")
-        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(Args)}) if isinstance(config, dict) else 0
-        if unknown or not isinstance(config, dict):
-            parser.error(f"{argv[0]}: expected a mapping of Args field names to values; unknown: {unknown}")
-        parser.set_defaults(**config)
-        argv = argv[1:]
-    (args,) = parser.parse_args_into_dataclasses(argv)
-    try:
-        return validate(args)
+            error(f"{argv[0]}: cannot read it as YAML or JSON ({' '.join(str(e).split())})")
+        fields = {f.name: f.default for f in dataclasses.fields(Args)}
+        bad = sorted(k for k, v in config.items() if k not in fields or isinstance(v, (list, dict)) or v is None
+                     and fields[k] is not None) if isinstance(config, dict) else 0  # null: only for a None default
+        if bad or not isinstance(config, dict):
+            error(f"{argv[0]}: expected a mapping of Args field names to numbers, strings or booleans; wrong: {bad}")
+        where, config = f"{argv[0]}: ", [x for k, v in config.items() if v is not None for x in (f"--{k}", str(v))]
+        parser.parse_args(config)  # alone first, so that an error names the file
+        where, argv = "", config + argv[1:]
+    try:  # NOTE: not parse_args_into_dataclasses, which raises a ValueError on a misspelt flag
+        return validate(Args(**vars(parser.parse_args(argv))))
     except ValueError as e:
-        parser.error(str(e))  # prints usage and the message, exits with code 2
+        error(str(e))
+
+
+def in_bounds(value, bounds: str) -> bool:
+    """Whether value lies in the interval `bounds`, "[0, 1)" or "(0, inf)" for example."""
+    low, high = (float(x) for x in bounds[1:-1].split(","))
+    return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else value < high)
+
+
+def usable_device(name: str) -> bool:
+    """Whether torch can run on the device `name` ("cuda", "cuda:1", "mps", "cpu") on this machine."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # an unknown device type
+        return False
+    return device.type == "cpu" or device.type == "mps" and torch.backends.mps.is_available() or \
+        device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()
+
+
+def writable(path: str) -> bool:
+    """Whether the folder `path` exists and can be written, or can be created: the nearest existing folder above it."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def validate(args: Args) -> Args:
@@ -647,15 +689,19 @@ def validate(args: Args) -> Args:
             setattr(args, name, value)
     if embedded and args.max_prompt_length is None:
         args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
-    unit = ("dp_fraction", "pp_fraction", "pr_fraction", "dp_coef", "pp_coef", "pr_coef")
-    for failed, message in [  # (condition, what to tell the user)
+    for name in ("model", "dataset", "eval_split", "reward_model"):  # a path spelt another way is the same run
+        if getattr(args, name) and os.path.exists(os.path.expanduser(getattr(args, name))):
+            setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
+    bounded = [(f.name.replace("_", "-"), getattr(args, f.name), m[1]) for f in dataclasses.fields(args) if
+               (m := re.search(r", in ([\[(]\S+, \S+[\])])", f.metadata["help"])) and getattr(args, f.name) is not None]
+    problems = [message for failed, message in [  # (condition, what to tell the user): all of them, in one line
+        *((not in_bounds(value, bounds), f"--{flag} must be in {bounds}, got {value}") for flag, value, bounds in bounded),
         (not embedded and args.dataset is None, "--model needs --dataset (a .jsonl/.json file or a hub dataset id)"),
-        (args.revkl_coef < 0, f"--revkl-coef must be >= 0, got {args.revkl_coef}"),
-        (args.beta <= 0, f"--beta must be > 0, got {args.beta}"),
-        *((not 0.0 <= getattr(args, n) <= 1.0, f"--{n.replace('_', '-')} must be in [0, 1], got {getattr(args, n)}")
-          for n in unit),
         (route_probs(args)[OFFLINE] < 0, f"the mixing fractions of --design {args.design} add up to more than 1"),
-        (min(args.batch_size, args.grad_accum, args.steps) < 1, "--batch-size, --grad-accum and --steps must be ≥ 1"),
+        (not usable_device(args.device), f"--device {args.device}: not a device of this machine (cuda, cuda:N, mps "
+         "or cpu)"),
+        (not writable(args.output_dir), f"--output-dir {args.output_dir}: not a folder that can be written (a file "
+         "is in the way, or it is read-only)"),
         (args.dtype == "fp16" and not args.device.startswith("cuda"),
          f"--dtype fp16 needs a CUDA device, not {args.device} (use fp32 or bf16)"),
         (route_probs(args)[PR] > 0 and not embedded and args.reward_model is None and args.reward_fn is None,
@@ -664,16 +710,14 @@ def validate(args: Args) -> Args:
         (args.design in ("sail-pp", "sail-dp") and route_probs(args)[OFFLINE] == 0,
          f"--design {args.design} needs offline pairs (self-labels alone carry no signal): use a fraction below 1"),
         (args.resume and args.overwrite, "--resume and --overwrite contradict each other"),
-        (not 0.0 <= args.eval_fraction < 1.0, f"--eval-fraction must be in [0, 1), got {args.eval_fraction}"),
-        (args.lora_r < 0 or not 0.0 <= args.lora_dropout < 1.0,
-         f"--lora-r must be >= 0 and --lora-dropout in [0, 1), got {args.lora_r}, {args.lora_dropout}"),
         (args.fsdp and args.lora_r, "--fsdp and --lora-r: choose one (LoRA fits about 19B parameters on one 80 GiB "
          "GPU without sharding, README \"What fits where\"; FSDP trains every weight)"),
         (args.fsdp and args.dtype == "fp16", "--fsdp runs in bf16 or fp32: --dtype fp16 needs a GradScaler that "
          "FSDP2's sharded gradients are not tested with"),
-        (args.fsdp and "RANK" not in os.environ, "--fsdp shards over torchrun's processes: launch it with torchrun")]:
-        if failed:
-            raise ValueError(message)
+        (args.fsdp and "RANK" not in os.environ, "--fsdp shards over torchrun's processes: launch it with torchrun")]
+        if failed]
+    if problems:
+        raise ValueError("; ".join(problems))
     return args
 
 # --------------------------------------------------------------------------------------------------------------

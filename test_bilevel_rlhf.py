@@ -692,7 +692,7 @@ def test_help_documents_every_flag():
     (["--loss", "nope"], "invalid choice"),
     (["--beta", "0"], "--beta"),
     (["--dtype", "fp16", "--device", "cpu"], "needs a CUDA device"),
-    (["--lora-r", "-1"], "--lora-r must be >= 0"),
+    (["--lora-r", "-1"], "--lora-r must be in [0, inf), got -1"),
     (["--fsdp", "--lora-r", "4"], "--fsdp and --lora-r: choose one"),
     (["--fsdp", "--dtype", "fp16", "--device", "cuda"], "--fsdp runs in bf16 or fp32"),  # refused before CUDA is used
 ])
