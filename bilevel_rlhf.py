@@ -857,8 +857,8 @@ def from_pretrained(auto_class, name: str, **kwargs):
         raise RunError(f"{name}: no such folder (expected a model saved with save_pretrained, or a hub id)")
     try:
         return auto_class.from_pretrained(os.path.expanduser(name), **kwargs)
-    except (OSError, ValueError) as e:
-        raise RunError(f"cannot load {auto_class.__name__} from {name!r}: {e}") from None
+    except Exception as e:  # OSError, ValueError, a truncated file's SafetensorError, ...: the user's files
+        raise RunError(f"cannot load {auto_class.__name__} from {name!r}: {type(e).__name__}: {e}") from None
 
 
 def load_policy(name: str, device):
@@ -1167,12 +1167,28 @@ def list_checkpoints(output_dir: str) -> list[str]:
     return [os.path.join(output_dir, n) for n in sorted(names) if re.fullmatch(r"checkpoint-\d{7}", n)]
 
 
+def fsync(path: str):
+    """Flush a file's data, or a folder's entries, to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, scaler, keep_last: int):
-    """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically. With
-    --fsdp every rank writes its shards of model and optimizer (torch.distributed.checkpoint), rank 0 the rest."""
+    """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically, never
+    with non-finite weights. With --fsdp every rank writes its shards of model and optimizer (torch.distributed.
+    checkpoint), rank 0 the rest."""
     final = os.path.join(output_dir, f"checkpoint-{step:07d}")
     tmp = os.path.join(output_dir, f".tmp-checkpoint-{step:07d}")
     (rank, world), sharded = rank_and_world(), isinstance(policy, FSDPModule)
+    finite = torch.stack([getattr(p, "to_local", lambda: p)().isfinite().all() for p in policy.parameters()]).all()
+    if sharded:  # each rank holds a shard: one answer on all
+        dist.all_reduce(finite := finite.float(), op=dist.ReduceOp.MIN)
+    if not finite:  # a diverged update (a huge --lr): its weights would replace a good checkpoint
+        raise RunError(f"the weights are not finite after step {step}: stopped before saving them; the last checkpoint"
+                       f" in {output_dir} is intact (try a lower --lr or --dtype fp32)")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     if sharded:
@@ -1189,8 +1205,12 @@ def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, sca
                 "scaler": scaler.state_dict(), "rng": rng, "world_size": world},
                os.path.join(tmp, "trainer_state.pt"))
     # The data position needs no state: batch_indices and rollout_seed are functions of (seed, step, rank, world).
+    for folder, _, files in os.walk(tmp):  # on the disk before the rename: a power loss then leaves no complete-
+        for name in files + ["."]:  # looking checkpoint with empty files
+            fsync(os.path.join(folder, name))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # atomic: a crash leaves the previous checkpoints and at most a .tmp folder
+    fsync(output_dir)  # the rename itself
     for old in list_checkpoints(output_dir)[:-keep_last] if keep_last else []:
         shutil.rmtree(old)
 
@@ -1220,37 +1240,94 @@ def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
     return state["step"]
 
 
-RESUMABLE = {"steps", "eval_every", "eval_prompts", "save_every", "keep_last", "resume", "overwrite", "report_to",
-             "device"}  # flags that may change when a run is continued
-
-
-def prepare_output_dir(args: Args) -> Optional[str]:
-    """Start, resume or refuse: returns the checkpoint to continue from, or None to start from scratch."""
-    checkpoints = list_checkpoints(args.output_dir)
-    if not checkpoints:
+def checkpoint_state(path: str) -> Optional[dict]:
+    """The trainer state of a checkpoint whose files are all there and whole, else None (a power loss, a full disk, a
+    file deleted or truncated): trainer_state.pt loads, and each weights file is as long as its header says."""
+    from safetensors import safe_open
+    try:
+        state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False, mmap=True)  # our own file
+        if state["optimizer"] is None:  # --fsdp: the shards of torch.distributed.checkpoint, located by its metadata
+            return state if all(os.path.getsize(os.path.join(path, s.relative_path)) >= s.offset + s.length for s in
+                                dcp.FileSystemReader(path).read_metadata().storage_data.values()) else None
+        index = os.path.join(path, "model.safetensors.index.json")  # a model saved in several files
+        weights = set(json.load(open(index))["weight_map"].values()) if os.path.exists(index) else \
+            [n for n in os.listdir(path) if n.endswith(".safetensors")]
+        for name in weights:
+            with safe_open(os.path.join(path, name), "pt"):  # reads the header, checks the file's length
+                pass
+        return state if weights else None
+    except Exception:  # what a damaged file raises: RuntimeError, EOFError, SafetensorError, KeyError, ...
         return None
-    if args.overwrite:
-        for path in checkpoints if rank_and_world()[0] == 0 else []:
-            shutil.rmtree(path)
-        print(f"--overwrite: deleted {len(checkpoints)} checkpoint(s) of an earlier run in {args.output_dir}")
+
+
+RESUMABLE = {"output_dir", "steps", "eval_every", "eval_prompts", "save_every", "keep_last", "resume", "overwrite",
+             "report_to", "device"}  # flags that may change when a run is continued (the folder, however it's spelt)
+LOCKS = []  # the open output folder that this process holds locked (cli closes it)
+
+
+def lock_output_dir(path: str):
+    """Create the output folder and lock it (flock: the kernel releases it when the process ends, however it ends),
+    or refuse: two runs in one folder would interleave their checkpoints and metrics."""
+    import fcntl
+    try:
+        os.makedirs(path, exist_ok=True)
+        LOCKS.append(os.open(path, os.O_RDONLY))
+        fcntl.flock(LOCKS[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # held by another process; on Linux /proc/locks says which
+        locks = pathlib.Path("/proc/locks").read_text() if os.path.exists("/proc/locks") else ""
+        pids = re.findall(rf"FLOCK\s+ADVISORY\s+WRITE\s+(\d+)\s+\S+:{os.fstat(LOCKS.pop()).st_ino}\s", locks)
+        raise RunError(f"{path} is in use by another run (process {', '.join(pids) or 'unknown'}): wait for it to "
+                       "end, or choose another --output-dir") from None
+    except OSError as e:
+        raise RunError(f"--output-dir {path}: {e.strerror}") from None
+
+
+def prepare_output_dir(args: Args, data: str) -> Optional[str]:
+    """Start, resume or refuse, without changing anything: returns the newest intact checkpoint to continue from, or
+    None to start from scratch. `data`, a fingerprint of the rows, is compared with the one in args.json."""
+    checkpoints = list_checkpoints(args.output_dir)
+    if not checkpoints or args.overwrite:
         return None
     try:
         saved = json.load(open(os.path.join(args.output_dir, "args.json")))
     except (OSError, ValueError):
         saved = {}
-    differs = [k for k, v in dataclasses.asdict(args).items() if k not in RESUMABLE and saved.get(k) != v]
+    differs = [k for k, v in {**dataclasses.asdict(args), "data": data}.items() if k not in RESUMABLE and
+               saved.get(k, v if k == "data" else None) != v]  # an args.json without "data": from an older version
     if differs and not args.resume:
         raise RunError(f"{args.output_dir} holds a checkpoint of a different run (it differs in "
-                       f"{', '.join('--' + k.replace('_', '-') for k in differs)}): pass --resume to continue it "
-                       "with these flags, --overwrite to start over, or choose another --output-dir")
-    state = torch.load(os.path.join(checkpoints[-1], "trainer_state.pt"), weights_only=False, mmap=True)
+                       f"{', '.join('the data' if k == 'data' else '--' + k.replace('_', '-') for k in differs)}): "
+                       "pass --resume to continue it with these flags, --overwrite to start over, or choose another "
+                       "--output-dir")
+    states = [(path, state) for path in reversed(checkpoints) if (state := checkpoint_state(path)) is not None][:1]
+    if not states:
+        raise RunError(f"{args.output_dir}: no checkpoint is intact (a file is missing or truncated): start over with "
+                       "--overwrite, or choose another --output-dir")
+    (path, state), broken = states[0], checkpoints[checkpoints.index(states[0][0]) + 1:]
+    if broken:  # main deletes them once every check has passed
+        print(f"{', '.join(map(os.path.basename, broken))} not intact (a file is missing or truncated): falling back")
     written, this = [f"{n} process(es)" + " and --fsdp" * fsdp for n, fsdp in  # --fsdp: optimizer in the shards
                      ((state.get("world_size", 1), state["optimizer"] is None), (rank_and_world()[1], args.fsdp))]
     if written != this:  # each rank's share of the data depends on the number of processes
-        raise RunError(f"{checkpoints[-1]} was written by a run with {written}: continue it the same way (this run "
-                       f"has {this}), or start over with --overwrite")
-    print(f"resuming from {checkpoints[-1]}" + (f" with changed {', '.join(differs)}" if differs else ""))
-    return checkpoints[-1]
+        raise RunError(f"{path} was written by a run with {written}: continue it the same way (this run has {this}), "
+                       "or start over with --overwrite")
+    print(f"resuming from {path}" + (f" with changed {', '.join(differs)}" if differs else ""))
+    return path
+
+
+def logged_step(line: str) -> float:
+    """The step of a line of metrics.jsonl; a torn line (a full disk) or a blank one has none (inf)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def write_atomically(path: str, text: str):
+    """Replace a file's content so that it is always the old or the new one, whatever happens in between."""
+    pathlib.Path(path + ".tmp").write_text(text)
+    fsync(path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 # --------------------------------------------------------------------------------------------------------------
 # Devices, precision, processes, logging, LoRA adapters, FSDP2 sharding, stopping on SIGTERM
@@ -1327,12 +1404,13 @@ def make_reporter(args: Args) -> Callable[[dict], None]:
         return lambda m: None
     try:
         if args.report_to == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
-            return lambda m: [writer.add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]
+            from torch.utils.tensorboard import SummaryWriter  # NOTE: opened at the first step, once the output
+            writer = functools.cache(lambda: SummaryWriter(os.path.join(args.output_dir, "tensorboard")))  # folder is
+            return lambda m: [writer().add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]  # ours
         import wandb
-        run = wandb.init(project="bilevel_rlhf", config=dataclasses.asdict(args), dir=args.output_dir)
-        return lambda m: run.log(m, step=m["step"])
+        run = functools.cache(lambda: wandb.init(project="bilevel_rlhf", config=dataclasses.asdict(args),
+                                                 dir=args.output_dir))
+        return lambda m: run().log(m, step=m["step"])
     except ImportError:
         raise RunError(f"--report-to {args.report_to} needs the {args.report_to} package: pip install "
                        f"{args.report_to}") from None
@@ -1426,6 +1504,8 @@ def stop_requested(device) -> bool:
 # Putting it together
 
 def main(argv=None) -> dict:
+    import hashlib
+
     from transformers import set_seed
 
     args = parse_args(argv)
@@ -1470,25 +1550,34 @@ def main(argv=None) -> dict:
     if args.fsdp:
         policy, ref = shard(policy, device, amp_dtype), shard(ref, device, amp_dtype)
 
-    # output folder: resume, refuse or start; then args.json and metrics.jsonl (kept up to the checkpoint's step)
+    # output folder: lock it, then resume, refuse or start; the reference's evaluation checks the oracle; only then is
+    # anything changed: --overwrite's deletions, args.json and metrics.jsonl (kept up to the checkpoint's step)
     report = make_reporter(args) if rank == 0 else lambda m: None  # a missing package is refused before anything
-    resume_from = prepare_output_dir(args)  # is deleted; every rank reaches the same decision, only rank 0 writes
+    if rank == 0:  # is changed; every rank reaches the same decision, only rank 0 writes
+        lock_output_dir(args.output_dir)
+    data = hashlib.sha256(json.dumps([rows, eval_rows], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    resume_from = prepare_output_dir(args, data)
+    t0 = time.perf_counter()  # rank 0 evaluates and logs; with --fsdp every rank evaluates, and saves its shards
+    before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype,
+                      when="evaluation of the reference") if rank == 0 or args.fsdp else {}
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     if world > 1:  # every rank has read the old args.json (prepare_output_dir) before rank 0 writes the new one
         dist.barrier()
-    if rank == 0:
-        os.makedirs(args.output_dir, exist_ok=True)
-        pathlib.Path(args.output_dir, "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    if rank == 0:  # the checkpoints of another run (--overwrite) or after resume_from (not intact) go
+        stale = [c for c in list_checkpoints(args.output_dir) if resume_from is None or c > resume_from]
+        for path in stale:
+            shutil.rmtree(path)
+        if stale and args.overwrite:
+            print(f"--overwrite: deleted {len(stale)} checkpoint(s) of an earlier run in {args.output_dir}")
+        write_atomically(os.path.join(args.output_dir, "args.json"),
+                         json.dumps({**dataclasses.asdict(args), "data": data}, indent=2))
         done = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
-        kept = [line for line in open(metrics_path) if json.loads(line)["step"] <= done] if done else []
-        pathlib.Path(metrics_path).write_text("".join(kept))
+        lines = open(metrics_path, errors="replace").readlines() if done and os.path.exists(metrics_path) else []
+        write_atomically(metrics_path, "".join(line for line in lines if logged_step(line) <= done))
     if world > 1:
         dist.barrier()
 
-    # align (rank 0 evaluates and logs; with --fsdp every rank evaluates, and saves its shards)
-    t0 = time.perf_counter()
-    before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype,
-                      when="evaluation of the reference") if rank == 0 or args.fsdp else {}
+    # align
     with open(metrics_path if rank == 0 else os.devnull, "a") as f:
         def log(metrics):
             print(json.dumps(metrics), file=f, flush=True)
@@ -1500,7 +1589,7 @@ def main(argv=None) -> dict:
         state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return {}
-    final = [json.loads(line) for line in open(metrics_path)][-1]
+    final = ([{}] + [json.loads(line) for line in open(metrics_path)])[-1]  # {}: a finished run, rerun, logged none
     after = {k.removeprefix("eval/"): v for k, v in final.items() if k.startswith("eval/")}
 
     # report and save
@@ -1526,13 +1615,19 @@ def cli(argv=None) -> int:
         main(argv)
         if dist.is_initialized():  # NOTE: a rank leaving while rank 0 still saved once aborted in Gloo's teardown
             dist.barrier()
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (RunError, RuntimeError) as e:  # generate() draws from non-finite probabilities: the run diverged
+        if not isinstance(e, RunError) and "probability tensor contains" not in str(e):
+            raise
+        print("error: " + (" ".join(str(e).splitlines()) if isinstance(e, RunError) else "sampling met non-finite "
+              "probabilities (the weights or logits diverged: try a lower --lr or --dtype fp32); the last checkpoint "
+              "is intact"), file=sys.stderr)
         return 2
     except Preempted as e:
         print(e)
         return 128 + signal.SIGTERM  # 143, the shell's code for a process that SIGTERM ended: the run is unfinished
     finally:
+        while LOCKS:  # the output folder, for the next run in this process
+            os.close(LOCKS.pop())
         if dist.is_initialized():
             dist.destroy_process_group()
         signal.signal(signal.SIGTERM, previous)
