@@ -882,7 +882,11 @@ def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
     tok = from_pretrained(AutoTokenizer, name)
     tok.pad_token = tok.pad_token or tok.eos_token
     tok.padding_side, tok.truncation_side = "right", "left"  # keep the end of long texts: the response
-    model = from_pretrained(AutoModelForSequenceClassification, name, dtype=dtype).to(device).eval()
+    model, info = from_pretrained(AutoModelForSequenceClassification, name, dtype=dtype, output_loading_info=True)
+    if model.config.num_labels != 1 or info["missing_keys"]:  # a causal LM gets a random score head, 2 labels
+        raise RunError(f"--reward-model {name}: not a reward model (a sequence classifier with one trained score; "
+                       f"it has {model.config.num_labels} labels, untrained weights {sorted(info['missing_keys'])})")
+    model = model.to(device).eval()
     if model.config.pad_token_id is None:  # the classifier reads the last non-pad token
         model.config.pad_token_id = tok.pad_token_id
 
@@ -913,7 +917,7 @@ def load_reward_fn(spec: str) -> Callable:
     try:
         namespace = runpy.run_path(module_name) if module_name.endswith(".py") else \
             vars(importlib.import_module(module_name))
-    except (ImportError, OSError, ValueError) as e:  # ValueError: no module name before the ":"
+    except Exception as e:  # ImportError, OSError, a SyntaxError, what its code raises; ValueError: no name before ":"
         raise RunError(f"--reward-fn {spec!r}: cannot import {module_name!r} ({e}); expected module:function or "
                        "path/to/file.py:function") from None
     if not callable(namespace.get(function_name)):
@@ -923,18 +927,19 @@ def load_reward_fn(spec: str) -> Callable:
 
 def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[float]:
     """The oracle's scores, checked: one finite number per response; anything else, or an exception, is a RunError."""
+    import copy
     stop = f"{when}: the oracle %s; stopped before any update, the last checkpoint is intact"
-    try:
-        scores = oracle(prompts, responses)
-    except Exception as e:  # the user's code: say what it raised, in one line
+    try:  # copies: an oracle that changes its arguments must not change the prompts
+        scores = oracle(copy.deepcopy(prompts), list(responses))
+    except (Exception, SystemExit) as e:  # the user's code (sys.exit too): say what it raised, in one line
         raise RunError(stop % f"raised {type(e).__name__}: {e}") from None
     scores = scores.tolist() if isinstance(scores, (torch.Tensor, np.ndarray)) else scores  # a tensor or array will do
     if not isinstance(scores, (list, tuple)) or len(scores) != len(responses):
         what = f"{len(scores)} scores" if isinstance(scores, (list, tuple)) else f"a {type(scores).__name__}"
         raise RunError(stop % f"returned {what} for {len(responses)} responses (expected one number per response)")
     for i, x in enumerate(scores):
-        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
-            raise RunError(stop % f"returned {x!r} ({type(x).__name__}) as score {i} (expected a finite number)")
+        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not -sys.float_info.max <= x <= sys.float_info.max:
+            raise RunError(stop % f"returned {x!r:.40} ({type(x).__name__}) as score {i} (expected a finite number)")
     return [float(x) for x in scores]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -985,7 +990,7 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
                        "(pip install datasets)") from None
     try:
         return [(f"{source}[{split}][{i}]", dict(r)) for i, r in enumerate(datasets.load_dataset(source, split=split))]
-    except (FileNotFoundError, ValueError) as e:  # unknown dataset (DatasetNotFoundError) or unknown split
+    except (OSError, ValueError) as e:  # unknown dataset (DatasetNotFoundError), split, or offline (ConnectionError)
         raise RunError(f"{source}: not a file, and loading split {split!r} from the hub failed: {e}") from None
 
 
@@ -1055,9 +1060,12 @@ def normalize_row(row: dict, tok, where: str) -> dict:
     if prompt is None:
         split = split_transcripts if isinstance(chosen, str) else split_conversations
         prompt, chosen, rejected = split(chosen, rejected, where)
-    text = prompt if isinstance(prompt, str) else render_prompt(tok, prompt)  # standard text as given (as in TRL)
-    if isinstance(prompt, list) and chosen is not None:
-        chosen, rejected = (render_response(tok, prompt, text, y) for y in (chosen, rejected))
+    try:
+        text = prompt if isinstance(prompt, str) else render_prompt(tok, prompt)  # standard text as given (as TRL)
+        if isinstance(prompt, list) and chosen is not None:
+            chosen, rejected = (render_response(tok, prompt, text, y) for y in (chosen, rejected))
+    except Exception as e:  # a template refuses a conversation by raising (jinja2's TemplateError, ...)
+        raise RunError(f"{where}: the chat template failed ({type(e).__name__}: {e})") from None
     return {"prompt": text, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
@@ -1067,28 +1075,30 @@ def read_preferences(source: str, tok, split: str = "train") -> list[dict]:
 
 
 def prepare_rows(rows: list[dict], tok, max_prompt_length: int, max_new_tokens: int) -> tuple[list[dict], dict]:
-    """Drop empty rows, pairs whose chosen == rejected and duplicates; count prompts longer than max_prompt_length and
-    pairs with a response (and its EOS) longer than max_new_tokens, both cut later. Returns the rows and the counts."""
+    """Drop empty rows, pairs whose responses are the same once cut to max_new_tokens (Δ = 0 for every θ) and
+    duplicates; count prompts longer than max_prompt_length and pairs with a response (and its EOS) longer than
+    max_new_tokens, both cut later. Returns the rows and the counts."""
     counts = {"rows": len(rows), "empty": 0, "identical": 0, "duplicates": 0, "long_prompts": 0, "long_responses": 0}
+    pairs = [r for r in rows if r["chosen"] is not None and r["chosen"].strip() and r["rejected"].strip()]
+    ids = tok([r[k] for k in ("chosen", "rejected") for r in pairs], add_special_tokens=False).input_ids if pairs else []
+    cut = {id(r): (c + [tok.eos_token_id], j + [tok.eos_token_id]) for r, c, j in zip(pairs, ids, ids[len(pairs):])}
     kept, seen = [], set()
     for r in rows:
         pair = r["chosen"] is not None
         key = (r["prompt"], r["chosen"], r["rejected"])
-        if not r["prompt"].strip() or (pair and not (r["chosen"].strip() and r["rejected"].strip())):
+        if not r["prompt"].strip() or (pair and id(r) not in cut):
             counts["empty"] += 1
-        elif pair and r["chosen"] == r["rejected"]:  # no preference signal, and Δ = 0 for every θ
+        elif pair and (r["chosen"] == r["rejected"] or max(map(len, cut[id(r)])) > max_new_tokens and  # Δ = 0
+                       cut[id(r)][0][:max_new_tokens] == cut[id(r)][1][:max_new_tokens]):  # for every θ
             counts["identical"] += 1
         elif key in seen:  # a repeated pair would count twice in every epoch
             counts["duplicates"] += 1
         else:
             seen.add(key)
             kept.append(r)
-    def lengths(texts):
-        return np.array([len(ids) for ids in tok(texts, add_special_tokens=False).input_ids] if texts else [], int)
-    pairs = [r for r in kept if r["chosen"] is not None]
-    counts["long_prompts"] = int((lengths([r["prompt"] for r in kept]) > max_prompt_length).sum())
-    longest = np.maximum(lengths([r["chosen"] for r in pairs]), lengths([r["rejected"] for r in pairs]))
-    counts["long_responses"] = int((longest + 1 > max_new_tokens).sum())  # + 1: the EOS that encode_responses adds
+            counts["long_responses"] += pair and max(map(len, cut[id(r)])) > max_new_tokens  # + 1: the EOS
+    prompts = [len(x) for x in tok([r["prompt"] for r in kept], add_special_tokens=False).input_ids] if kept else []
+    counts["long_prompts"] = sum(n > max_prompt_length for n in prompts)
     return kept, counts
 
 
@@ -1109,14 +1119,18 @@ def load_preferences(args: Args, tok) -> tuple[list[dict], list[dict]]:
     rows, counts = prepare_rows(read_preferences(args.dataset, tok, args.dataset_split), tok, args.max_prompt_length,
                                 args.max_new_tokens)
     print(f"{args.dataset}: {counts['rows']} rows; dropped {counts['empty']} empty, {counts['identical']} with "
-          f"chosen == rejected, {counts['duplicates']} duplicates; {counts['long_prompts']} prompts are longer than "
+          f"chosen == rejected (once cut to --max-new-tokens), {counts['duplicates']} duplicates; {counts['long_prompts']} prompts are longer than "
           f"{args.max_prompt_length} tokens and lose their beginning; {counts['long_responses']} pairs have a response "
           f"longer than {args.max_new_tokens} tokens (--max-new-tokens), cut to that length")
-    if args.eval_split:  # a file of its own, or a split of the hub dataset
-        own_file = os.path.exists(args.eval_split)
+    if args.eval_split:  # a file of its own, or a split of the hub dataset (a data file has none)
+        own_file = os.path.exists(args.eval_split) or os.path.isfile(args.dataset)
         source, split = (args.eval_split, "train") if own_file else (args.dataset, args.eval_split)
+        if own_file and not os.path.isfile(args.eval_split):
+            raise RunError(f"--eval-split {args.eval_split}: no such file (--dataset is a file: it has no splits)")
         eval_rows, _ = prepare_rows(read_preferences(source, tok, split), tok, args.max_prompt_length,
                                     args.max_new_tokens)
+        if not eval_rows:
+            raise RunError(f"--eval-split {args.eval_split}: no usable prompt in {source}")
     else:
         rows, eval_rows = split_eval(rows, args.eval_fraction, args.eval_prompts, args.seed)
     if not eval_rows:
