@@ -530,8 +530,8 @@ GE0, GE1, GT0, UNIT = "[0, inf)", "[1, inf)", "(0, inf)", "[0, 1]"  # the interv
 @dataclasses.dataclass
 class Args:
     output_dir: Optional[str] = arg(None, "checkpoints, model, args.json, metrics.jsonl (default: runs/MODEL-DESIGN)")
-    seed: int = arg(0, "seeds data order, routing, sampling and labels; a rollout is replayable from (seed, step)",
-                     "[0, 4294967295]")  # numpy's seeds
+    seed: int = arg(0, "seeds data order, routing, sampling, labels: a rollout replays from (seed, step)",
+                    "[0, 4294967296)")
     steps: int = arg(300, "optimizer steps", GE1)
     eval_every: int = arg(50, "evaluate every N steps (and at the end); 0 = only at the end", GE0)
     eval_prompts: int = arg(128, "at most this many held-out prompts are used for evaluation", GE1)
@@ -560,7 +560,7 @@ class Args:
     loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "pairwise loss ℓ(Δ): dpo (sigmoid); ipo (IPO Eq. 17, "
         "on summed log-probs); ipo-token (TRL's IPO, per token); slic (TRL's hinge max(0, 1 − βΔ), not SLiC-HF's loss)")
     beta: Optional[float] = arg(None, "β, the KL strength of the lower level and the scale of the implicit reward "
-        "(default: 0.1; 1.0 with --loss slic, so that its hinge asks for SLiC-HF's margin of 1 nat rather than 10)", GT0)
+        "(default: 0.1; 1.0 with --loss slic, so that its hinge asks for SLiC-HF's margin of 1 nat, not 10)", GT0)
     dp_fraction: Optional[float] = arg(None, "r: fraction of DP examples, dataset pairs relabelled by the policy "
         f"(default: {PAPER_FRACTIONS['dp']} in sail-dp, {MIX_SCALE} × that in mix)", UNIT)
     dp_coef: float = arg(0.2, "ρ: coefficient of the label term (3) on DP examples", UNIT)
@@ -599,8 +599,7 @@ class Args:
     grad_accum: int = arg(1, "micro-batches per optimizer step", GE1)
 
     # LoRA adapters (with the peft package, imported only then)
-    lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off",
-                       GE0)
+    lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off", GE0)
     lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight", GT0)
     lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05); the labelers and the bilevel "
         "terms reuse the training forward, which it makes random (the rest of the model runs without dropout)",
@@ -622,7 +621,8 @@ def parse_args(argv=None) -> Args:
     import yaml  # a dependency of transformers
     from transformers import HfArgumentParser
 
-    parser, where = HfArgumentParser(Args, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter), ""
+    parser = HfArgumentParser(Args, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = ""
 
     def error(message):  # one line and exit code 2 (argparse's own error prints the whole usage first)
         print(f"{parser.prog}: error: {where}{message} (see --help)", file=sys.stderr)
@@ -639,7 +639,7 @@ def parse_args(argv=None) -> Args:
                      and fields[k] is not None) if isinstance(config, dict) else 0  # null: only for a None default
         if bad or not isinstance(config, dict):
             error(f"{argv[0]}: expected a mapping of Args field names to numbers, strings or booleans; wrong: {bad}")
-        where, config = f"{argv[0]}: ", [x for k, v in config.items() if v is not None for x in (f"--{k}", str(v))]
+        where, config = f"{argv[0]}: ", [f"--{k}={v}" for k, v in config.items() if v is not None]  # =: "-1" too
         parser.parse_args(config)  # alone first, so that an error names the file
         where, argv = "", config + argv[1:]
     try:  # NOTE: not parse_args_into_dataclasses, which raises a ValueError on a misspelt flag
@@ -651,25 +651,8 @@ def parse_args(argv=None) -> Args:
 def in_bounds(value, bounds: str) -> bool:
     """Whether value lies in the interval `bounds`, "[0, 1)" or "(0, inf)" for example."""
     low, high = (float(x) for x in bounds[1:-1].split(","))
-    return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else value < high)
-
-
-def usable_device(name: str) -> bool:
-    """Whether torch can run on the device `name` ("cuda", "cuda:1", "mps", "cpu") on this machine."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:  # an unknown device type
-        return False
-    return device.type == "cpu" or device.type == "mps" and torch.backends.mps.is_available() or \
-        device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()
-
-
-def writable(path: str) -> bool:
-    """Whether the folder `path` exists and can be written, or can be created: the nearest existing folder above it."""
-    path = os.path.abspath(path)
-    while not os.path.lexists(path):
-        path = os.path.dirname(path)
-    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+    return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else
+                                                                    value < high)
 
 
 def validate(args: Args) -> Args:
@@ -692,16 +675,19 @@ def validate(args: Args) -> Args:
     for name in ("model", "dataset", "eval_split", "reward_model"):  # a path spelt another way is the same run
         if getattr(args, name) and os.path.exists(os.path.expanduser(getattr(args, name))):
             setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
+    folder = pathlib.Path(args.output_dir).absolute()
+    above = next(p for p in (folder, *folder.parents) if os.path.lexists(p))  # the folder, or where it would be made
     bounded = [(f.name.replace("_", "-"), getattr(args, f.name), m[1]) for f in dataclasses.fields(args) if
                (m := re.search(r", in ([\[(]\S+, \S+[\])])", f.metadata["help"])) and getattr(args, f.name) is not None]
     problems = [message for failed, message in [  # (condition, what to tell the user): all of them, in one line
-        *((not in_bounds(value, bounds), f"--{flag} must be in {bounds}, got {value}") for flag, value, bounds in bounded),
+        *((not in_bounds(v, bounds), f"--{flag} must be in {bounds}, got {v}") for flag, v, bounds in bounded),
         (not embedded and args.dataset is None, "--model needs --dataset (a .jsonl/.json file or a hub dataset id)"),
         (route_probs(args)[OFFLINE] < 0, f"the mixing fractions of --design {args.design} add up to more than 1"),
-        (not usable_device(args.device), f"--device {args.device}: not a device of this machine (cuda, cuda:N, mps "
-         "or cpu)"),
-        (not writable(args.output_dir), f"--output-dir {args.output_dir}: not a folder that can be written (a file "
-         "is in the way, or it is read-only)"),
+        (not re.fullmatch(r"cpu|mps|cuda(:\d+)?", args.device) or args.device == "mps" and not torch.backends.mps
+         .is_available() or args.device[:4] == "cuda" and int(args.device[5:] or 0) >= torch.cuda.device_count(),
+         f"--device {args.device}: not a device of this machine (cuda, cuda:N, mps or cpu)"),
+        (not (above.is_dir() and os.access(above, os.W_OK | os.X_OK)), f"--output-dir {args.output_dir}: not a folder "
+         "that can be written (a file is in the way, or it is read-only)"),
         (args.dtype == "fp16" and not args.device.startswith("cuda"),
          f"--dtype fp16 needs a CUDA device, not {args.device} (use fp32 or bf16)"),
         (route_probs(args)[PR] > 0 and not embedded and args.reward_model is None and args.reward_fn is None,
@@ -1080,7 +1066,8 @@ def prepare_rows(rows: list[dict], tok, max_prompt_length: int, max_new_tokens: 
     max_new_tokens, both cut later. Returns the rows and the counts."""
     counts = {"rows": len(rows), "empty": 0, "identical": 0, "duplicates": 0, "long_prompts": 0, "long_responses": 0}
     pairs = [r for r in rows if r["chosen"] is not None and r["chosen"].strip() and r["rejected"].strip()]
-    ids = tok([r[k] for k in ("chosen", "rejected") for r in pairs], add_special_tokens=False).input_ids if pairs else []
+    ids = tok([r[k] for k in ("chosen", "rejected") for r in pairs], add_special_tokens=False).input_ids if pairs \
+        else []
     cut = {id(r): (c + [tok.eos_token_id], j + [tok.eos_token_id]) for r, c, j in zip(pairs, ids, ids[len(pairs):])}
     kept, seen = [], set()
     for r in rows:
@@ -1119,7 +1106,8 @@ def load_preferences(args: Args, tok) -> tuple[list[dict], list[dict]]:
     rows, counts = prepare_rows(read_preferences(args.dataset, tok, args.dataset_split), tok, args.max_prompt_length,
                                 args.max_new_tokens)
     print(f"{args.dataset}: {counts['rows']} rows; dropped {counts['empty']} empty, {counts['identical']} with "
-          f"chosen == rejected (once cut to --max-new-tokens), {counts['duplicates']} duplicates; {counts['long_prompts']} prompts are longer than "
+          f"chosen == rejected (once cut to --max-new-tokens), {counts['duplicates']} duplicates; "
+          f"{counts['long_prompts']} prompts are longer than "
           f"{args.max_prompt_length} tokens and lose their beginning; {counts['long_responses']} pairs have a response "
           f"longer than {args.max_new_tokens} tokens (--max-new-tokens), cut to that length")
     if args.eval_split:  # a file of its own, or a split of the hub dataset (a data file has none)
@@ -1184,10 +1172,7 @@ def list_checkpoints(output_dir: str) -> list[str]:
 def fsync(path: str):
     """Flush a file's data, or a folder's entries, to the disk."""
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    os.fsync(fd), os.close(fd)
 
 
 def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, scaler, keep_last: int):
@@ -1266,9 +1251,7 @@ def checkpoint_state(path: str) -> Optional[dict]:
         index = os.path.join(path, "model.safetensors.index.json")  # a model saved in several files
         weights = set(json.load(open(index))["weight_map"].values()) if os.path.exists(index) else \
             [n for n in os.listdir(path) if n.endswith(".safetensors")]
-        for name in weights:
-            with safe_open(os.path.join(path, name), "pt"):  # reads the header, checks the file's length
-                pass
+        [safe_open(os.path.join(path, name), "pt") for name in weights]  # reads the header, checks the file's length
         return state if weights else None
     except Exception:  # what a damaged file raises: RuntimeError, EOFError, SafetensorError, KeyError, ...
         return None
@@ -1283,17 +1266,15 @@ def lock_output_dir(path: str):
     """Create the output folder and lock it (flock: the kernel releases it when the process ends, however it ends),
     or refuse: two runs in one folder would interleave their checkpoints and metrics."""
     import fcntl
+    os.makedirs(path, exist_ok=True)
+    LOCKS.append(os.open(path, os.O_RDONLY))
     try:
-        os.makedirs(path, exist_ok=True)
-        LOCKS.append(os.open(path, os.O_RDONLY))
         fcntl.flock(LOCKS[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # held by another process; on Linux /proc/locks says which
         locks = pathlib.Path("/proc/locks").read_text() if os.path.exists("/proc/locks") else ""
         pids = re.findall(rf"FLOCK\s+ADVISORY\s+WRITE\s+(\d+)\s+\S+:{os.fstat(LOCKS.pop()).st_ino}\s", locks)
         raise RunError(f"{path} is in use by another run (process {', '.join(pids) or 'unknown'}): wait for it to "
                        "end, or choose another --output-dir") from None
-    except OSError as e:
-        raise RunError(f"--output-dir {path}: {e.strerror}") from None
 
 
 def prepare_output_dir(args: Args, data: str) -> Optional[str]:
@@ -1313,13 +1294,13 @@ def prepare_output_dir(args: Args, data: str) -> Optional[str]:
                        f"{', '.join('the data' if k == 'data' else '--' + k.replace('_', '-') for k in differs)}): "
                        "pass --resume to continue it with these flags, --overwrite to start over, or choose another "
                        "--output-dir")
-    states = [(path, state) for path in reversed(checkpoints) if (state := checkpoint_state(path)) is not None][:1]
-    if not states:
+    path, state = next(((c, s) for c in reversed(checkpoints) if (s := checkpoint_state(c)) is not None), (0, 0))
+    if not path:
         raise RunError(f"{args.output_dir}: no checkpoint is intact (a file is missing or truncated): start over with "
                        "--overwrite, or choose another --output-dir")
-    (path, state), broken = states[0], checkpoints[checkpoints.index(states[0][0]) + 1:]
-    if broken:  # main deletes them once every check has passed
-        print(f"{', '.join(map(os.path.basename, broken))} not intact (a file is missing or truncated): falling back")
+    if path != checkpoints[-1]:  # main deletes the newer ones once every check has passed
+        print(f"{', '.join(os.path.basename(c) for c in checkpoints if c > path)} not intact (a file is missing or "
+              "truncated): falling back")
     written, this = [f"{n} process(es)" + " and --fsdp" * fsdp for n, fsdp in  # --fsdp: optimizer in the shards
                      ((state.get("world_size", 1), state["optimizer"] is None), (rank_and_world()[1], args.fsdp))]
     if written != this:  # each rank's share of the data depends on the number of processes
@@ -1327,14 +1308,6 @@ def prepare_output_dir(args: Args, data: str) -> Optional[str]:
                        "or start over with --overwrite")
     print(f"resuming from {path}" + (f" with changed {', '.join(differs)}" if differs else ""))
     return path
-
-
-def logged_step(line: str) -> float:
-    """The step of a line of metrics.jsonl; a torn line (a full disk) or a blank one has none (inf)."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
 
 
 def write_atomically(path: str, text: str):
@@ -1587,7 +1560,8 @@ def main(argv=None) -> dict:
                          json.dumps({**dataclasses.asdict(args), "data": data}, indent=2))
         done = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
         lines = open(metrics_path, errors="replace").readlines() if done and os.path.exists(metrics_path) else []
-        write_atomically(metrics_path, "".join(line for line in lines if logged_step(line) <= done))
+        write_atomically(metrics_path, "".join(line for line in lines if line.endswith("}\n") and  # not torn
+                                               int(re.match(r'{"step": (\d+)', line)[1]) <= done))
     if world > 1:
         dist.barrier()
 
@@ -1633,8 +1607,8 @@ def cli(argv=None) -> int:
         if not isinstance(e, RunError) and "probability tensor contains" not in str(e):
             raise
         print("error: " + (" ".join(str(e).splitlines()) if isinstance(e, RunError) else "sampling met non-finite "
-              "probabilities (the weights or logits diverged: try a lower --lr or --dtype fp32); the last checkpoint "
-              "is intact"), file=sys.stderr)
+              "probabilities: the weights or logits diverged (try a lower --lr or --dtype fp32, and --overwrite)"),
+              file=sys.stderr)
         return 2
     except Preempted as e:
         print(e)

@@ -1930,7 +1930,7 @@ def test_every_numeric_flag_has_an_interval():
     (["--keep-last", "-1"], "--keep-last must be in [0, inf)"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--eval-prompts", "0"], "--eval-prompts must be in [1, inf)"),
-    (["--seed", "-1"], "--seed must be in [0, 4294967295]"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967296)"),
     (["--reward-batch-size", "0"], "--reward-batch-size must be in [1, inf)"),
     (["--beta", "inf"], "--beta must be in (0, inf), got inf"),
     (["--device", "foo"], "--device foo: not a device of this machine"),
