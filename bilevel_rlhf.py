@@ -1259,7 +1259,7 @@ def checkpoint_state(path: str) -> Optional[dict]:
 
 RESUMABLE = {"output_dir", "steps", "eval_every", "eval_prompts", "save_every", "keep_last", "resume", "overwrite",
              "report_to", "device"}  # flags that may change when a run is continued (the folder, however it's spelt)
-LOCKS = []  # the open output folder that this process holds locked (cli closes it)
+LOCKS = []  # the output folder this process has opened to lock (cli closes it)
 
 
 def lock_output_dir(path: str):
@@ -1272,7 +1272,7 @@ def lock_output_dir(path: str):
         fcntl.flock(LOCKS[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # held by another process; on Linux /proc/locks says which
         locks = pathlib.Path("/proc/locks").read_text() if os.path.exists("/proc/locks") else ""
-        pids = re.findall(rf"FLOCK\s+ADVISORY\s+WRITE\s+(\d+)\s+\S+:{os.fstat(LOCKS.pop()).st_ino}\s", locks)
+        pids = re.findall(rf"FLOCK\s+ADVISORY\s+WRITE\s+(\d+)\s+\S+:{os.fstat(LOCKS[-1]).st_ino}\s", locks)
         raise RunError(f"{path} is in use by another run (process {', '.join(pids) or 'unknown'}): wait for it to "
                        "end, or choose another --output-dir") from None
 
@@ -1542,7 +1542,8 @@ def main(argv=None) -> dict:
     report = make_reporter(args) if rank == 0 else lambda m: None  # a missing package is refused before anything
     if rank == 0:  # is changed; every rank reaches the same decision, only rank 0 writes
         lock_output_dir(args.output_dir)
-    data = hashlib.sha256(json.dumps([rows, eval_rows], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    # a fingerprint of the training rows (not eval_rows: their number is --eval-prompts, which a resume may change)
+    data = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
     resume_from = prepare_output_dir(args, data)
     t0 = time.perf_counter()  # rank 0 evaluates and logs; with --fsdp every rank evaluates, and saves its shards
     before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype,
@@ -1561,7 +1562,7 @@ def main(argv=None) -> dict:
         done = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
         lines = open(metrics_path, errors="replace").readlines() if done and os.path.exists(metrics_path) else []
         write_atomically(metrics_path, "".join(line for line in lines if line.endswith("}\n") and  # not torn
-                                               int(re.match(r'{"step": (\d+)', line)[1]) <= done))
+                                               (m := re.match(r'{"step": (\d+)', line)) and int(m[1]) <= done))
     if world > 1:
         dist.barrier()
 
