@@ -1172,13 +1172,13 @@ def list_checkpoints(output_dir: str) -> list[str]:
 def fsync(path: str):
     """Flush a file's data, or a folder's entries, to the disk."""
     fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd), os.close(fd)
+    os.fsync(fd)
+    os.close(fd)
 
 
 def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, scaler, keep_last: int):
-    """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically, never
-    with non-finite weights. With --fsdp every rank writes its shards of model and optimizer (torch.distributed.
-    checkpoint), rank 0 the rest."""
+    """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically (finite
+    weights only). With --fsdp every rank writes its shards of model and optimizer (torch.distributed.checkpoint)."""
     final = os.path.join(output_dir, f"checkpoint-{step:07d}")
     tmp = os.path.join(output_dir, f".tmp-checkpoint-{step:07d}")
     (rank, world), sharded = rank_and_world(), isinstance(policy, FSDPModule)
