@@ -530,8 +530,7 @@ GE0, GE1, GT0, UNIT = "[0, inf)", "[1, inf)", "(0, inf)", "[0, 1]"  # the interv
 @dataclasses.dataclass
 class Args:
     output_dir: Optional[str] = arg(None, "checkpoints, model, args.json, metrics.jsonl (default: runs/MODEL-DESIGN)")
-    seed: int = arg(0, "seeds data order, routing, sampling, labels: a rollout replays from (seed, step)",
-                    "[0, 4294967296)")
+    seed: int = arg(0, "seeds data order, routing, sampling, labels; rollouts replay from it", "[0, 4294967296)")
     steps: int = arg(300, "optimizer steps", GE1)
     eval_every: int = arg(50, "evaluate every N steps (and at the end); 0 = only at the end", GE0)
     eval_prompts: int = arg(128, "at most this many held-out prompts are used for evaluation", GE1)
@@ -547,8 +546,7 @@ class Args:
     dataset: Optional[str] = arg(None, "preference data for --model: a .jsonl/.json file or a hub dataset id (README)")
     dataset_split: str = arg("train", "split of a hub dataset used for training")
     eval_split: Optional[str] = arg(None, "eval prompts: a hub split or a file; None = hold out --eval-fraction")
-    eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation when --eval-split is not given",
-                               "[0, 1)")
+    eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation without --eval-split", "[0, 1)")
     reward_model: Optional[str] = arg(None, "hub id or folder of a sequence-classification reward model: the oracle")
     reward_fn: Optional[str] = arg(None, "oracle f(prompts, responses) -> list of scores: module:func or file.py:func")
     reward_batch_size: int = arg(16, "responses scored per reward-model forward", GE1)
@@ -576,8 +574,7 @@ class Args:
     self_labels: Literal["sample", "expect"] = arg("expect", "labels of DP and PP examples: sample (a draw from "
         "P_θ, the paper's) or expect (the loss's expectation over the label, §6b; better for every design: README)")
     revkl_coef: Optional[float] = arg(None, "λ of the SAIL-RevKL penalty: λ × the exact next-token KL(pi_ref ‖ pi_θ) "
-        f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, 0 otherwise)",
-        GE0)
+        f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, else 0)", GE0)
 
     # sampling
     max_new_tokens: Optional[int] = arg(None, "tokens generated per response, and the length dataset responses are cut "
@@ -602,8 +599,7 @@ class Args:
     lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off", GE0)
     lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight", GT0)
     lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05); the labelers and the bilevel "
-        "terms reuse the training forward, which it makes random (the rest of the model runs without dropout)",
-        "[0, 1)")
+        "terms reuse the training forward, which it makes random (the rest of the model has none)", "[0, 1)")
     lora_target_modules: str = arg("all-linear", "modules that get adapters: all-linear (every linear layer but the "
         "output head) or comma-separated names, e.g. q_proj,k_proj,v_proj,o_proj,up_proj,gate_proj,down_proj")
 
