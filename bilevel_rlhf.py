@@ -569,21 +569,26 @@ def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=t
 # --------------------------------------------------------------------------------------------------------------
 # Everything around the algorithm. Arguments: one flat dataclass; --help and the flags come from it
 
-def arg(default, help: str):
-    """A field of Args with its --help text, which ends with the default unless it gives it itself."""
+def arg(default, help: str, bounds: Optional[str] = None):
+    """A field of Args with its --help text, which ends with the default unless it gives it itself, after the interval
+    that `validate` reads there and checks the value against: "[0, 1)", "(0, inf)", ... (NaN is in none)."""
     shown = default is not None and "default" not in help
-    return dataclasses.field(default=default, metadata={"help": help + (f" (default: {default})" if shown else "")})
+    return dataclasses.field(default=default, metadata={"help": help + (f", in {bounds}" if bounds else "") +
+                                                        (f" (default: {default})" if shown else "")})
+
+
+GE0, GE1, GT0, UNIT = "[0, inf)", "[1, inf)", "(0, inf)", "[0, 1]"  # the intervals of most numeric flags
 
 
 @dataclasses.dataclass
 class Args:
     output_dir: Optional[str] = arg(None, "checkpoints, model, args.json, metrics.jsonl (default: runs/MODEL-DESIGN)")
-    seed: int = arg(0, "seeds data order, routing, sampling and labels; a rollout is replayable from (seed, step)")
-    steps: int = arg(300, "optimizer steps")
-    eval_every: int = arg(50, "evaluate every N steps (and at the end); 0 = only at the end")
-    eval_prompts: int = arg(128, "at most this many evaluation prompts")
-    save_every: int = arg(0, "save a checkpoint every N steps (and always at the end); 0 = only at the end")
-    keep_last: int = arg(2, "checkpoints kept in --output-dir (older ones are deleted); 0 = keep all")
+    seed: int = arg(0, "seeds data order, routing, sampling, labels; rollouts replay from it", "[0, 4294967296)")
+    steps: int = arg(300, "optimizer steps", GE1)
+    eval_every: int = arg(50, "evaluate every N steps (and at the end); 0 = only at the end", GE0)
+    eval_prompts: int = arg(128, "at most this many evaluation prompts", GE1)
+    save_every: int = arg(0, "save a checkpoint every N steps (and always at the end); 0 = only at the end", GE0)
+    keep_last: int = arg(2, "checkpoints kept in --output-dir (older ones are deleted); 0 = keep all", GE0)
     resume: bool = arg(False, "continue the newest checkpoint in --output-dir even if its args differ (same args do)")
     overwrite: bool = arg(False, "start over in an --output-dir of another run, deleting its checkpoints")
     report_to: Literal["none", "tensorboard", "wandb"] = arg("none", "also log to TensorBoard or Weights & Biases")
@@ -594,60 +599,60 @@ class Args:
     dataset: Optional[str] = arg(None, "preference data for --model: a .jsonl/.json file or a hub dataset id (README)")
     dataset_split: str = arg("train", "split of a hub dataset used for training")
     eval_split: Optional[str] = arg(None, "eval prompts: a hub split or a file; None = hold out --eval-fraction")
-    eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation when --eval-split is not given")
+    eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation without --eval-split", "[0, 1)")
     reward_model: Optional[str] = arg(None, "hub id or folder of a sequence-classification reward model: the oracle")
     reward_fn: Optional[str] = arg(None, "oracle f(prompts, responses) -> list of scores: module:func or file.py:func")
-    reward_batch_size: int = arg(16, "responses scored per reward-model forward")
+    reward_batch_size: int = arg(16, "responses scored per reward-model forward", GE1)
     max_prompt_length: Optional[int] = arg(None, "prompts lose their beginning beyond this (default: the context minus "
-        "--max-new-tokens, ≤ 512)")
+        "--max-new-tokens, ≤ 512)", GE1)
 
     # algorithm
     design: Literal[DESIGNS] = arg("sail-pr", "which pairs and labels are used; see the module docstring")
     loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "pairwise loss ℓ(Δ): dpo (sigmoid); ipo (IPO Eq. 17, "
         "on summed log-probs); ipo-token (TRL's IPO, per token); slic (TRL's hinge max(0, 1 − βΔ), not SLiC-HF's loss)")
     beta: Optional[float] = arg(None, "β, the KL strength of the lower level and the scale of the implicit reward "
-        "(default: 0.1; 1.0 with --loss slic, so that its hinge asks for SLiC-HF's margin of 1 nat rather than 10)")
+        "(default: 0.1; 1.0 with --loss slic, so that its hinge asks for SLiC-HF's margin of 1 nat, not 10)", GT0)
     dp_fraction: Optional[float] = arg(None, "r: fraction of DP examples, dataset pairs relabelled by the policy "
-        f"(default: {PAPER_FRACTIONS['dp']} in sail-dp, {MIX_SCALE} × that in mix)")
-    dp_coef: float = arg(0.2, "ρ: coefficient of the label term (3) on DP examples")
+        f"(default: {PAPER_FRACTIONS['dp']} in sail-dp, {MIX_SCALE} × that in mix)", UNIT)
+    dp_coef: float = arg(0.2, "ρ: coefficient of the label term (3) on DP examples", UNIT)
     pp_fraction: Optional[float] = arg(None, "p: fraction of PP examples, sampled from and labelled by the policy "
-        f"(default: {PAPER_FRACTIONS['pp']} in sail-pp, {MIX_SCALE} × that in mix)")
-    pp_coef: float = arg(0.2, "coefficient of terms (2) and (3) on PP examples (the paper writes it π)")
+        f"(default: {PAPER_FRACTIONS['pp']} in sail-pp, {MIX_SCALE} × that in mix)", UNIT)
+    pp_coef: float = arg(0.2, "coefficient of terms (2) and (3) on PP examples (the paper writes it π)", UNIT)
     pr_fraction: Optional[float] = arg(None, "g: fraction of PR examples, sampled from the policy and labelled by the "
-        f"oracle (default: {PAPER_FRACTIONS['pr']} in online-dpo and sail-pr, {MIX_SCALE} × that in mix)")
-    pr_coef: float = arg(0.3, "γ: coefficient of the response term (2) on PR examples (0 for online-dpo)")
+        f"oracle (default: {PAPER_FRACTIONS['pr']} in online-dpo and sail-pr, {MIX_SCALE} × that in mix)", UNIT)
+    pr_coef: float = arg(0.3, "γ: coefficient of the response term (2) on PR examples (0 for online-dpo)", UNIT)
     baseline: Literal["loo", "none"] = arg("loo", "baseline b of term (2): leave-one-out mean of ℓ, or none")
     oracle_label: Literal["sample", "argmax"] = arg("sample", "a Bradley-Terry draw on the oracle's scores, or the "
         "higher score (ties a coin flip)")
     self_labels: Literal["sample", "expect"] = arg("expect", "labels of DP and PP examples: sample (a draw from "
         "P_θ, the paper's) or expect (the loss's expectation over the label, §6b; better for every design: README)")
     revkl_coef: Optional[float] = arg(None, "λ of the SAIL-RevKL penalty: λ × the exact next-token KL(pi_ref ‖ pi_θ) "
-        f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, 0 otherwise)")
+        f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, else 0)", GE0)
 
     # sampling
     max_new_tokens: Optional[int] = arg(None, "tokens generated per response, and the length dataset responses are cut "
-        "to (default: 24 on the embedded task; with --model, 128 or a quarter of its context if that is less)")
+        "to (default: 24 on the embedded task; with --model, 128 or a quarter of its context if that is less)", GE1)
     temperature: float = arg(1.0, "sampling temperature; term (2) is unbiased only at 1.0 (and bf16 sampling "
-        "draws from a slightly different distribution than the fp32 log-probs that it differentiates)")
-    top_p: float = arg(1.0, "nucleus sampling; term (2) is unbiased only at 1.0")
-    top_k: int = arg(0, "top-k sampling, 0 = off; term (2) is unbiased only at 0")
+        "draws from a slightly different distribution than the fp32 log-probs that it differentiates)", GT0)
+    top_p: float = arg(1.0, "nucleus sampling; term (2) is unbiased only at 1.0", "(0, 1]")
+    top_k: int = arg(0, "top-k sampling, 0 = off; term (2) is unbiased only at 0", GE0)
     static_cache: Literal["auto", "on", "off"] = arg("auto", "generate with a static KV cache (CUDA graphs on a GPU): "
         "auto = on for CUDA where the model supports it, off elsewhere (README \"Generation on a GPU\")")
 
     # optimizer
-    lr: Optional[float] = arg(None, "AdamW learning rate (default: 1e-4 on the embedded task, 5e-7 with --model)")
-    warmup_steps: int = arg(10, "linear warm-up steps")
+    lr: Optional[float] = arg(None, "AdamW learning rate (default: 1e-4 on the embedded task, 5e-7 with --model)", GE0)
+    warmup_steps: int = arg(10, "linear warm-up steps", GE0)
     schedule: Literal["constant", "linear", "cosine"] = arg("constant", "learning-rate schedule after the warm-up")
-    weight_decay: float = arg(0.0, "AdamW weight decay")
-    max_grad_norm: float = arg(1.0, "gradient clipping norm; 0 = off")
-    batch_size: int = arg(16, "pairs per micro-batch (one rollout)")
-    grad_accum: int = arg(1, "micro-batches per optimizer step")
+    weight_decay: float = arg(0.0, "AdamW weight decay", GE0)
+    max_grad_norm: float = arg(1.0, "gradient clipping norm; 0 = off", GE0)
+    batch_size: int = arg(16, "pairs per micro-batch (one rollout)", GE1)
+    grad_accum: int = arg(1, "micro-batches per optimizer step", GE1)
 
     # LoRA adapters (with the peft package, imported only then)
-    lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off")
-    lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight")
+    lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off", GE0)
+    lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight", GT0)
     lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05); the labelers and the bilevel "
-        "terms reuse the training forward, which it makes random (the rest of the model runs without dropout)")
+        "terms reuse the training forward, which it makes random (the rest of the model has none)", "[0, 1)")
     lora_target_modules: str = arg("all-linear", "modules that get adapters: all-linear (every linear layer but the "
         "output head) or comma-separated names, e.g. q_proj,k_proj,v_proj,o_proj,up_proj,gate_proj,down_proj")
 
@@ -660,27 +665,43 @@ class Args:
 
 
 def parse_args(argv=None) -> Args:
-    """Args from the flags; a .yaml/.yml/.json file given first sets the fields it names, later flags override it."""
+    """Args from the flags; a .yaml/.yml/.json file given first sets the fields it names, later flags override it.
+    The file becomes flags parsed by the same parser: its values get the command line's type and choice checks."""
     import yaml  # a dependency of transformers
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(Args, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = ""
+
+    def error(message):  # one line and exit code 2 (argparse's own error prints the whole usage first)
+        print(f"{parser.prog}: error: {where}{message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+    parser.error = error
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         try:
             config = yaml.safe_load(open(argv[0])) or {}  # JSON is YAML
         except (OSError, yaml.YAMLError) as e:
-            parser.error(f"{argv[0]}: cannot read it as YAML or JSON ({e})")
-        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(Args)}) if isinstance(config, dict) else 0
-        if unknown or not isinstance(config, dict):
-            parser.error(f"{argv[0]}: expected a mapping of Args field names to values; unknown: {unknown}")
-        parser.set_defaults(**config)
-        argv = argv[1:]
-    (args,) = parser.parse_args_into_dataclasses(argv)
-    try:
-        return validate(args)
+            error(f"{argv[0]}: cannot read it as YAML or JSON ({' '.join(str(e).split())})")
+        fields = {f.name: f.default for f in dataclasses.fields(Args)}
+        bad = sorted(k for k, v in config.items() if k not in fields or isinstance(v, (list, dict)) or v is None
+                     and fields[k] is not None) if isinstance(config, dict) else 0  # null: only for a None default
+        if bad or not isinstance(config, dict):
+            error(f"{argv[0]}: expected a mapping of Args field names to numbers, strings or booleans; wrong: {bad}")
+        where, config = f"{argv[0]}: ", [f"--{k}={v}" for k, v in config.items() if v is not None]  # =: "-1" too
+        parser.parse_args(config)  # alone first, so that an error names the file
+        where, argv = "", config + argv[1:]
+    try:  # NOTE: not parse_args_into_dataclasses, which raises a ValueError on a misspelt flag
+        return validate(Args(**vars(parser.parse_args(argv))))
     except ValueError as e:
-        parser.error(str(e))  # prints usage and the message, exits with code 2
+        error(str(e))
+
+
+def in_bounds(value, bounds: str) -> bool:
+    """Whether value lies in the interval `bounds`, "[0, 1)" or "(0, inf)" for example."""
+    low, high = (float(x) for x in bounds[1:-1].split(","))
+    return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else
+                                                                    value < high)
 
 
 def validate(args: Args) -> Args:
@@ -700,15 +721,22 @@ def validate(args: Args) -> Args:
             setattr(args, name, value)
     if embedded and args.max_prompt_length is None:
         args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
-    unit = ("dp_fraction", "pp_fraction", "pr_fraction", "dp_coef", "pp_coef", "pr_coef")
-    for failed, message in [  # (condition, what to tell the user)
+    for name in ("model", "dataset", "eval_split", "reward_model"):  # a path spelt another way is the same run
+        if getattr(args, name) and os.path.exists(os.path.expanduser(getattr(args, name))):
+            setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
+    folder = pathlib.Path(args.output_dir).absolute()
+    above = next(p for p in (folder, *folder.parents) if os.path.lexists(p))  # the folder, or where it would be made
+    bounded = [(f.name.replace("_", "-"), getattr(args, f.name), m[1]) for f in dataclasses.fields(args) if
+               (m := re.search(r", in ([\[(]\S+, \S+[\])])", f.metadata["help"])) and getattr(args, f.name) is not None]
+    problems = [message for failed, message in [  # (condition, what to tell the user): all of them, in one line
+        *((not in_bounds(v, bounds), f"--{flag} must be in {bounds}, got {v}") for flag, v, bounds in bounded),
         (not embedded and args.dataset is None, "--model needs --dataset (a .jsonl/.json file or a hub dataset id)"),
-        (args.revkl_coef < 0, f"--revkl-coef must be >= 0, got {args.revkl_coef}"),
-        (args.beta <= 0, f"--beta must be > 0, got {args.beta}"),
-        *((not 0.0 <= getattr(args, n) <= 1.0, f"--{n.replace('_', '-')} must be in [0, 1], got {getattr(args, n)}")
-          for n in unit),
         (route_probs(args)[OFFLINE] < 0, f"the mixing fractions of --design {args.design} add up to more than 1"),
-        (min(args.batch_size, args.grad_accum, args.steps) < 1, "--batch-size, --grad-accum and --steps must be ≥ 1"),
+        (not re.fullmatch(r"cpu|mps|cuda(:\d+)?", args.device) or args.device == "mps" and not torch.backends.mps
+         .is_available() or args.device[:4] == "cuda" and int(args.device[5:] or 0) >= torch.cuda.device_count(),
+         f"--device {args.device}: not a device of this machine (cuda, cuda:N, mps or cpu)"),
+        (not (above.is_dir() and os.access(above, os.W_OK | os.X_OK)), f"--output-dir {args.output_dir}: not a folder "
+         "that can be written (a file is in the way, or it is read-only)"),
         (args.dtype == "fp16" and not args.device.startswith("cuda"),
          f"--dtype fp16 needs a CUDA device, not {args.device} (use fp32 or bf16)"),
         (route_probs(args)[PR] > 0 and not embedded and args.reward_model is None and args.reward_fn is None,
@@ -717,16 +745,14 @@ def validate(args: Args) -> Args:
         (args.design in ("sail-pp", "sail-dp") and route_probs(args)[OFFLINE] == 0,
          f"--design {args.design} needs offline pairs (self-labels alone carry no signal): use a fraction below 1"),
         (args.resume and args.overwrite, "--resume and --overwrite contradict each other"),
-        (not 0.0 <= args.eval_fraction < 1.0, f"--eval-fraction must be in [0, 1), got {args.eval_fraction}"),
-        (args.lora_r < 0 or not 0.0 <= args.lora_dropout < 1.0,
-         f"--lora-r must be >= 0 and --lora-dropout in [0, 1), got {args.lora_r}, {args.lora_dropout}"),
         (args.fsdp and args.lora_r, "--fsdp and --lora-r: choose one (LoRA fits about 19B parameters on one 80 GiB "
          "GPU without sharding, README \"What fits where\"; FSDP trains every weight)"),
         (args.fsdp and args.dtype == "fp16", "--fsdp runs in bf16 or fp32: --dtype fp16 needs a GradScaler that "
          "FSDP2's sharded gradients are not tested with"),
-        (args.fsdp and "RANK" not in os.environ, "--fsdp shards over torchrun's processes: launch it with torchrun")]:
-        if failed:
-            raise ValueError(message)
+        (args.fsdp and "RANK" not in os.environ, "--fsdp shards over torchrun's processes: launch it with torchrun")]
+        if failed]
+    if problems:
+        raise ValueError("; ".join(problems))
     return args
 
 # --------------------------------------------------------------------------------------------------------------
@@ -867,8 +893,8 @@ def from_pretrained(auto_class, name: str, **kwargs):
         raise RunError(f"{name}: no such folder (expected a model saved with save_pretrained, or a hub id)")
     try:
         return auto_class.from_pretrained(os.path.expanduser(name), **kwargs)
-    except (OSError, ValueError) as e:
-        raise RunError(f"cannot load {auto_class.__name__} from {name!r}: {e}") from None
+    except Exception as e:  # OSError, ValueError, a truncated file's SafetensorError, ...: the user's files
+        raise RunError(f"cannot load {auto_class.__name__} from {name!r}: {type(e).__name__}: {e}") from None
 
 
 def load_policy(name: str, device):
@@ -902,7 +928,11 @@ def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
     tok = from_pretrained(AutoTokenizer, name)
     tok.pad_token = tok.pad_token or tok.eos_token
     tok.padding_side, tok.truncation_side = "right", "left"  # keep the end of long texts: the response
-    model = from_pretrained(AutoModelForSequenceClassification, name, dtype=dtype).to(device).eval()
+    model, info = from_pretrained(AutoModelForSequenceClassification, name, dtype=dtype, output_loading_info=True)
+    if model.config.num_labels != 1 or info["missing_keys"]:  # a causal LM gets a random score head, 2 labels
+        raise RunError(f"--reward-model {name}: not a reward model (a sequence classifier with one trained score; "
+                       f"it has {model.config.num_labels} labels, untrained weights {sorted(info['missing_keys'])})")
+    model = model.to(device).eval()
     if model.config.pad_token_id is None:  # the classifier reads the last non-pad token
         model.config.pad_token_id = tok.pad_token_id
 
@@ -933,7 +963,7 @@ def load_reward_fn(spec: str) -> Callable:
     try:
         namespace = runpy.run_path(module_name) if module_name.endswith(".py") else \
             vars(importlib.import_module(module_name))
-    except (ImportError, OSError, ValueError) as e:  # ValueError: no module name before the ":"
+    except Exception as e:  # ImportError, OSError, a SyntaxError, what its code raises; ValueError: no name before ":"
         raise RunError(f"--reward-fn {spec!r}: cannot import {module_name!r} ({e}); expected module:function or "
                        "path/to/file.py:function") from None
     if not callable(namespace.get(function_name)):
@@ -943,18 +973,19 @@ def load_reward_fn(spec: str) -> Callable:
 
 def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[float]:
     """The oracle's scores, checked: one finite number per response; anything else, or an exception, is a RunError."""
+    import copy
     stop = f"{when}: the oracle %s; stopped before any update, the last checkpoint is intact"
-    try:
-        scores = oracle(prompts, responses)
-    except Exception as e:  # the user's code: say what it raised, in one line
+    try:  # copies: an oracle that changes its arguments must not change the prompts
+        scores = oracle(copy.deepcopy(prompts), list(responses))
+    except (Exception, SystemExit) as e:  # the user's code (sys.exit too): say what it raised, in one line
         raise RunError(stop % f"raised {type(e).__name__}: {e}") from None
     scores = scores.tolist() if isinstance(scores, (torch.Tensor, np.ndarray)) else scores  # a tensor or array will do
     if not isinstance(scores, (list, tuple)) or len(scores) != len(responses):
         what = f"{len(scores)} scores" if isinstance(scores, (list, tuple)) else f"a {type(scores).__name__}"
         raise RunError(stop % f"returned {what} for {len(responses)} responses (expected one number per response)")
     for i, x in enumerate(scores):
-        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
-            raise RunError(stop % f"returned {x!r} ({type(x).__name__}) as score {i} (expected a finite number)")
+        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not -sys.float_info.max <= x <= sys.float_info.max:
+            raise RunError(stop % f"returned {x!r:.40} ({type(x).__name__}) as score {i} (expected a finite number)")
     return [float(x) for x in scores]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1005,7 +1036,7 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
                        "(pip install datasets)") from None
     try:
         return [(f"{source}[{split}][{i}]", dict(r)) for i, r in enumerate(datasets.load_dataset(source, split=split))]
-    except (FileNotFoundError, ValueError) as e:  # unknown dataset (DatasetNotFoundError) or unknown split
+    except (OSError, ValueError) as e:  # unknown dataset (DatasetNotFoundError), split, or offline (ConnectionError)
         raise RunError(f"{source}: not a file, and loading split {split!r} from the hub failed: {e}") from None
 
 
@@ -1075,9 +1106,12 @@ def normalize_row(row: dict, tok, where: str) -> dict:
     if prompt is None:
         split = split_transcripts if isinstance(chosen, str) else split_conversations
         prompt, chosen, rejected = split(chosen, rejected, where)
-    text = prompt if isinstance(prompt, str) else render_prompt(tok, prompt)  # standard text as given (as in TRL)
-    if isinstance(prompt, list) and chosen is not None:
-        chosen, rejected = (render_response(tok, prompt, text, y) for y in (chosen, rejected))
+    try:
+        text = prompt if isinstance(prompt, str) else render_prompt(tok, prompt)  # standard text as given (as TRL)
+        if isinstance(prompt, list) and chosen is not None:
+            chosen, rejected = (render_response(tok, prompt, text, y) for y in (chosen, rejected))
+    except Exception as e:  # a template refuses a conversation by raising (jinja2's TemplateError, ...)
+        raise RunError(f"{where}: the chat template failed ({type(e).__name__}: {e})") from None
     return {"prompt": text, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
@@ -1087,28 +1121,31 @@ def read_preferences(source: str, tok, split: str = "train") -> list[dict]:
 
 
 def prepare_rows(rows: list[dict], tok, max_prompt_length: int, max_new_tokens: int) -> tuple[list[dict], dict]:
-    """Drop empty rows, pairs whose chosen == rejected and duplicates; count prompts longer than max_prompt_length and
-    pairs with a response (and its EOS) longer than max_new_tokens, both cut later. Returns the rows and the counts."""
+    """Drop empty rows, pairs whose responses are the same once cut to max_new_tokens (Δ = 0 for every θ) and
+    duplicates; count prompts longer than max_prompt_length and pairs with a response (and its EOS) longer than
+    max_new_tokens, both cut later. Returns the rows and the counts."""
     counts = {"rows": len(rows), "empty": 0, "identical": 0, "duplicates": 0, "long_prompts": 0, "long_responses": 0}
+    pairs = [r for r in rows if r["chosen"] is not None and r["chosen"].strip() and r["rejected"].strip()]
+    ids = tok([r[k] for k in ("chosen", "rejected") for r in pairs], add_special_tokens=False).input_ids if pairs \
+        else []
+    cut = {id(r): (c + [tok.eos_token_id], j + [tok.eos_token_id]) for r, c, j in zip(pairs, ids, ids[len(pairs):])}
     kept, seen = [], set()
     for r in rows:
         pair = r["chosen"] is not None
         key = (r["prompt"], r["chosen"], r["rejected"])
-        if not r["prompt"].strip() or (pair and not (r["chosen"].strip() and r["rejected"].strip())):
+        if not r["prompt"].strip() or (pair and id(r) not in cut):
             counts["empty"] += 1
-        elif pair and r["chosen"] == r["rejected"]:  # no preference signal, and Δ = 0 for every θ
+        elif pair and (r["chosen"] == r["rejected"] or max(map(len, cut[id(r)])) > max_new_tokens and  # Δ = 0
+                       cut[id(r)][0][:max_new_tokens] == cut[id(r)][1][:max_new_tokens]):  # for every θ
             counts["identical"] += 1
         elif key in seen:  # a repeated pair would count twice in every epoch
             counts["duplicates"] += 1
         else:
             seen.add(key)
             kept.append(r)
-    def lengths(texts):
-        return np.array([len(ids) for ids in tok(texts, add_special_tokens=False).input_ids] if texts else [], int)
-    pairs = [r for r in kept if r["chosen"] is not None]
-    counts["long_prompts"] = int((lengths([r["prompt"] for r in kept]) > max_prompt_length).sum())
-    longest = np.maximum(lengths([r["chosen"] for r in pairs]), lengths([r["rejected"] for r in pairs]))
-    counts["long_responses"] = int((longest + 1 > max_new_tokens).sum())  # + 1: the EOS that encode_responses adds
+            counts["long_responses"] += pair and max(map(len, cut[id(r)])) > max_new_tokens  # + 1: the EOS
+    prompts = [len(x) for x in tok([r["prompt"] for r in kept], add_special_tokens=False).input_ids] if kept else []
+    counts["long_prompts"] = sum(n > max_prompt_length for n in prompts)
     return kept, counts
 
 
@@ -1129,14 +1166,19 @@ def load_preferences(args: Args, tok) -> tuple[list[dict], list[dict]]:
     rows, counts = prepare_rows(read_preferences(args.dataset, tok, args.dataset_split), tok, args.max_prompt_length,
                                 args.max_new_tokens)
     print(f"{args.dataset}: {counts['rows']} rows; dropped {counts['empty']} empty, {counts['identical']} with "
-          f"chosen == rejected, {counts['duplicates']} duplicates; {counts['long_prompts']} prompts are longer than "
+          f"chosen == rejected (once cut to --max-new-tokens), {counts['duplicates']} duplicates; "
+          f"{counts['long_prompts']} prompts are longer than "
           f"{args.max_prompt_length} tokens and lose their beginning; {counts['long_responses']} pairs have a response "
           f"longer than {args.max_new_tokens} tokens (--max-new-tokens), cut to that length")
-    if args.eval_split:  # a file of its own, or a split of the hub dataset
-        own_file = os.path.exists(args.eval_split)
+    if args.eval_split:  # a file of its own, or a split of the hub dataset (a data file has none)
+        own_file = os.path.exists(args.eval_split) or os.path.isfile(args.dataset)
         source, split = (args.eval_split, "train") if own_file else (args.dataset, args.eval_split)
+        if own_file and not os.path.isfile(args.eval_split):
+            raise RunError(f"--eval-split {args.eval_split}: no such file (--dataset is a file: it has no splits)")
         eval_rows, _ = prepare_rows(read_preferences(source, tok, split), tok, args.max_prompt_length,
                                     args.max_new_tokens)
+        if not eval_rows:
+            raise RunError(f"--eval-split {args.eval_split}: no usable prompt in {source}")
     else:
         rows, eval_rows = split_eval(rows, args.eval_fraction, args.eval_prompts, args.seed)
     if not eval_rows:
@@ -1196,12 +1238,25 @@ def list_checkpoints(output_dir: str) -> list[str]:
     return [os.path.join(output_dir, n) for n in sorted(names) if re.fullmatch(r"checkpoint-\d{7}", n)]
 
 
+def fsync(path: str):
+    """Flush a file's data, or a folder's entries, to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
 def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, scaler, keep_last: int):
-    """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically. With
-    --fsdp every rank writes its shards of model and optimizer (torch.distributed.checkpoint), rank 0 the rest."""
+    """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically (finite
+    weights only). With --fsdp every rank writes its shards of model and optimizer (torch.distributed.checkpoint)."""
     final = os.path.join(output_dir, f"checkpoint-{step:07d}")
     tmp = os.path.join(output_dir, f".tmp-checkpoint-{step:07d}")
     (rank, world), sharded = rank_and_world(), isinstance(policy, FSDPModule)
+    finite = torch.stack([getattr(p, "to_local", lambda: p)().isfinite().all() for p in policy.parameters()]).all()
+    if sharded:  # each rank holds a shard: one answer on all
+        dist.all_reduce(finite := finite.float(), op=dist.ReduceOp.MIN)
+    if not finite:  # a diverged update (a huge --lr): its weights would replace a good checkpoint
+        raise RunError(f"the weights are not finite after step {step}: stopped before saving them; the last checkpoint"
+                       f" in {output_dir} is intact (try a lower --lr or --dtype fp32)")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     if sharded:
@@ -1218,8 +1273,12 @@ def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, sca
                 "scaler": scaler.state_dict(), "rng": rng, "world_size": world},
                os.path.join(tmp, "trainer_state.pt"))
     # The data position needs no state: batch_indices and rollout_seed are functions of (seed, step, rank, world).
+    for folder, _, files in os.walk(tmp):  # on the disk before the rename: a power loss then leaves no complete-
+        for name in files + ["."]:  # looking checkpoint with empty files
+            fsync(os.path.join(folder, name))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # atomic: a crash leaves the previous checkpoints and at most a .tmp folder
+    fsync(output_dir)  # the rename itself
     for old in list_checkpoints(output_dir)[:-keep_last] if keep_last else []:
         shutil.rmtree(old)
 
@@ -1249,37 +1308,82 @@ def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
     return state["step"]
 
 
-RESUMABLE = {"steps", "eval_every", "eval_prompts", "save_every", "keep_last", "resume", "overwrite", "report_to",
-             "device"}  # flags that may change when a run is continued
-
-
-def prepare_output_dir(args: Args) -> Optional[str]:
-    """Start, resume or refuse: returns the checkpoint to continue from, or None to start from scratch."""
-    checkpoints = list_checkpoints(args.output_dir)
-    if not checkpoints:
+def checkpoint_state(path: str) -> Optional[dict]:
+    """The trainer state of a checkpoint whose files are all there and whole, else None (a power loss, a full disk, a
+    file deleted or truncated): trainer_state.pt loads, and each weights file is as long as its header says."""
+    from safetensors import safe_open
+    try:
+        state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False, mmap=True)  # our own file
+        if state["optimizer"] is None:  # --fsdp: the shards of torch.distributed.checkpoint, located by its metadata
+            return state if all(os.path.getsize(os.path.join(path, s.relative_path)) >= s.offset + s.length for s in
+                                dcp.FileSystemReader(path).read_metadata().storage_data.values()) else None
+        index = os.path.join(path, "model.safetensors.index.json")  # a model saved in several files
+        weights = set(json.load(open(index))["weight_map"].values()) if os.path.exists(index) else \
+            [n for n in os.listdir(path) if n.endswith(".safetensors")]
+        [safe_open(os.path.join(path, name), "pt") for name in weights]  # reads the header, checks the file's length
+        return state if weights else None
+    except Exception:  # what a damaged file raises: RuntimeError, EOFError, SafetensorError, KeyError, ...
         return None
-    if args.overwrite:
-        for path in checkpoints if rank_and_world()[0] == 0 else []:
-            shutil.rmtree(path)
-        print(f"--overwrite: deleted {len(checkpoints)} checkpoint(s) of an earlier run in {args.output_dir}")
+
+
+RESUMABLE = {"output_dir", "steps", "eval_every", "eval_prompts", "save_every", "keep_last", "resume", "overwrite",
+             "report_to", "device"}  # flags that may change when a run is continued (the folder, however it's spelt)
+LOCKS = []  # the output folder this process has opened to lock (cli closes it)
+
+
+def lock_output_dir(path: str):
+    """Create the output folder and lock it (flock: the kernel releases it when the process ends, however it ends),
+    or refuse: two runs in one folder would interleave their checkpoints and metrics."""
+    import fcntl
+    os.makedirs(path, exist_ok=True)
+    LOCKS.append(os.open(path, os.O_RDONLY))
+    try:
+        fcntl.flock(LOCKS[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # held by another process; on Linux /proc/locks says which
+        locks = pathlib.Path("/proc/locks").read_text() if os.path.exists("/proc/locks") else ""
+        pids = re.findall(rf"FLOCK\s+ADVISORY\s+WRITE\s+(\d+)\s+\S+:{os.fstat(LOCKS[-1]).st_ino}\s", locks)
+        raise RunError(f"{path} is in use by another run (process {', '.join(pids) or 'unknown'}): wait for it to "
+                       "end, or choose another --output-dir") from None
+
+
+def prepare_output_dir(args: Args, data: str) -> Optional[str]:
+    """Start, resume or refuse, without changing anything: returns the newest intact checkpoint to continue from, or
+    None to start from scratch. `data`, a fingerprint of the rows, is compared with the one in args.json."""
+    checkpoints = list_checkpoints(args.output_dir)
+    if not checkpoints or args.overwrite:
         return None
     try:
         saved = json.load(open(os.path.join(args.output_dir, "args.json")))
     except (OSError, ValueError):
         saved = {}
-    differs = [k for k, v in dataclasses.asdict(args).items() if k not in RESUMABLE and saved.get(k) != v]
+    differs = [k for k, v in {**dataclasses.asdict(args), "data": data}.items() if k not in RESUMABLE and
+               saved.get(k, v if k == "data" else None) != v]  # an args.json without "data": from an older version
     if differs and not args.resume:
         raise RunError(f"{args.output_dir} holds a checkpoint of a different run (it differs in "
-                       f"{', '.join('--' + k.replace('_', '-') for k in differs)}): pass --resume to continue it "
-                       "with these flags, --overwrite to start over, or choose another --output-dir")
-    state = torch.load(os.path.join(checkpoints[-1], "trainer_state.pt"), weights_only=False, mmap=True)
+                       f"{', '.join('the data' if k == 'data' else '--' + k.replace('_', '-') for k in differs)}): "
+                       "pass --resume to continue it with these flags, --overwrite to start over, or choose another "
+                       "--output-dir")
+    path, state = next(((c, s) for c in reversed(checkpoints) if (s := checkpoint_state(c)) is not None), (0, 0))
+    if not path:
+        raise RunError(f"{args.output_dir}: no checkpoint is intact (a file is missing or truncated): start over with "
+                       "--overwrite, or choose another --output-dir")
+    if path != checkpoints[-1]:  # main deletes the newer ones once every check has passed
+        print(f"{', '.join(os.path.basename(c) for c in checkpoints if c > path)} not intact (a file is missing or "
+              "truncated): falling back")
     written, this = [f"{n} process(es)" + " and --fsdp" * fsdp for n, fsdp in  # --fsdp: optimizer in the shards
                      ((state.get("world_size", 1), state["optimizer"] is None), (rank_and_world()[1], args.fsdp))]
     if written != this:  # each rank's share of the data depends on the number of processes
-        raise RunError(f"{checkpoints[-1]} was written by a run with {written}: continue it the same way (this run "
-                       f"has {this}), or start over with --overwrite")
-    print(f"resuming from {checkpoints[-1]}" + (f" with changed {', '.join(differs)}" if differs else ""))
-    return checkpoints[-1]
+        raise RunError(f"{path} was written by a run with {written}: continue it the same way (this run has {this}), "
+                       "or start over with --overwrite")
+    print(f"resuming from {path}" + (f" with changed {', '.join(differs)}" if differs else ""))
+    return path
+
+
+def write_atomically(path: str, text: str):
+    """Replace a file's content so that it is always the old or the new one, whatever happens in between."""
+    pathlib.Path(path + ".tmp").write_text(text)
+    fsync(path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 # --------------------------------------------------------------------------------------------------------------
 # Devices, precision, processes, logging, LoRA adapters, FSDP2 sharding, stopping on SIGTERM
@@ -1356,12 +1460,13 @@ def make_reporter(args: Args) -> Callable[[dict], None]:
         return lambda m: None
     try:
         if args.report_to == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
-            return lambda m: [writer.add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]
+            from torch.utils.tensorboard import SummaryWriter  # NOTE: opened at the first step, once the output
+            writer = functools.cache(lambda: SummaryWriter(os.path.join(args.output_dir, "tensorboard")))  # folder is
+            return lambda m: [writer().add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]  # ours
         import wandb
-        run = wandb.init(project="bilevel_rlhf", config=dataclasses.asdict(args), dir=args.output_dir)
-        return lambda m: run.log(m, step=m["step"])
+        run = functools.cache(lambda: wandb.init(project="bilevel_rlhf", config=dataclasses.asdict(args),
+                                                 dir=args.output_dir))
+        return lambda m: run().log(m, step=m["step"])
     except ImportError:
         raise RunError(f"--report-to {args.report_to} needs the {args.report_to} package: pip install "
                        f"{args.report_to}") from None
@@ -1455,6 +1560,8 @@ def stop_requested(device) -> bool:
 # Putting it together
 
 def main(argv=None) -> dict:
+    import hashlib
+
     from transformers import set_seed
 
     args = parse_args(argv)
@@ -1496,25 +1603,36 @@ def main(argv=None) -> dict:
     if args.fsdp:
         policy, ref = shard(policy, device, amp_dtype), shard(ref, device, amp_dtype)
 
-    # output folder: resume, refuse or start; then args.json and metrics.jsonl (kept up to the checkpoint's step)
+    # output folder: lock it, then resume, refuse or start; the reference's evaluation checks the oracle; only then is
+    # anything changed: --overwrite's deletions, args.json and metrics.jsonl (kept up to the checkpoint's step)
     report = make_reporter(args) if rank == 0 else lambda m: None  # a missing package is refused before anything
-    resume_from = prepare_output_dir(args)  # is deleted; every rank reaches the same decision, only rank 0 writes
+    if rank == 0:  # is changed; every rank reaches the same decision, only rank 0 writes
+        lock_output_dir(args.output_dir)
+    # a fingerprint of the training rows (not eval_rows: their number is --eval-prompts, which a resume may change)
+    data = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    resume_from = prepare_output_dir(args, data)
+    t0 = time.perf_counter()  # rank 0 evaluates and logs; with --fsdp every rank evaluates, and saves its shards
+    before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype,
+                      when="evaluation of the reference") if rank == 0 or args.fsdp else {}
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     if world > 1:  # every rank has read the old args.json (prepare_output_dir) before rank 0 writes the new one
         dist.barrier()
-    if rank == 0:
-        os.makedirs(args.output_dir, exist_ok=True)
-        pathlib.Path(args.output_dir, "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    if rank == 0:  # the checkpoints of another run (--overwrite) or after resume_from (not intact) go
+        stale = [c for c in list_checkpoints(args.output_dir) if resume_from is None or c > resume_from]
+        for path in stale:
+            shutil.rmtree(path)
+        if stale and args.overwrite:
+            print(f"--overwrite: deleted {len(stale)} checkpoint(s) of an earlier run in {args.output_dir}")
+        write_atomically(os.path.join(args.output_dir, "args.json"),
+                         json.dumps({**dataclasses.asdict(args), "data": data}, indent=2))
         done = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
-        kept = [line for line in open(metrics_path) if json.loads(line)["step"] <= done] if done else []
-        pathlib.Path(metrics_path).write_text("".join(kept))
+        lines = open(metrics_path, errors="replace").readlines() if done and os.path.exists(metrics_path) else []
+        write_atomically(metrics_path, "".join(line for line in lines if line.endswith("}\n") and  # not torn
+                                               (m := re.match(r'{"step": (\d+)', line)) and int(m[1]) <= done))
     if world > 1:
         dist.barrier()
 
-    # align (rank 0 evaluates and logs; with --fsdp every rank evaluates, and saves its shards)
-    t0 = time.perf_counter()
-    before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype,
-                      when="evaluation of the reference") if rank == 0 or args.fsdp else {}
+    # align
     with open(metrics_path if rank == 0 else os.devnull, "a") as f:
         def log(metrics):
             print(json.dumps(metrics), file=f, flush=True)
@@ -1526,7 +1644,7 @@ def main(argv=None) -> dict:
         state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return {}
-    final = [json.loads(line) for line in open(metrics_path)][-1]
+    final = ([{}] + [json.loads(line) for line in open(metrics_path)])[-1]  # {}: a finished run, rerun, logged none
     after = {k.removeprefix("eval/"): v for k, v in final.items() if k.startswith("eval/")}
 
     # report and save
@@ -1552,13 +1670,19 @@ def cli(argv=None) -> int:
         main(argv)
         if dist.is_initialized():  # NOTE: a rank leaving while rank 0 still saved once aborted in Gloo's teardown
             dist.barrier()
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (RunError, RuntimeError) as e:  # generate() draws from non-finite probabilities: the run diverged
+        if not isinstance(e, RunError) and "probability tensor contains" not in str(e):
+            raise
+        print("error: " + (" ".join(str(e).splitlines()) if isinstance(e, RunError) else "sampling met non-finite "
+              "probabilities: the weights or logits diverged (try a lower --lr or --dtype fp32, and --overwrite)"),
+              file=sys.stderr)
         return 2
     except Preempted as e:
         print(e)
         return 128 + signal.SIGTERM  # 143, the shell's code for a process that SIGTERM ended: the run is unfinished
     finally:
+        while LOCKS:  # the output folder, for the next run in this process
+            os.close(LOCKS.pop())
         if dist.is_initialized():
             dist.destroy_process_group()
         signal.signal(signal.SIGTERM, previous)

@@ -857,7 +857,7 @@ def test_help_documents_every_flag():
     (["--loss", "nope"], "invalid choice"),
     (["--beta", "0"], "--beta"),
     (["--dtype", "fp16", "--device", "cpu"], "needs a CUDA device"),
-    (["--lora-r", "-1"], "--lora-r must be >= 0"),
+    (["--lora-r", "-1"], "--lora-r must be in [0, inf), got -1"),
     (["--fsdp", "--lora-r", "4"], "--fsdp and --lora-r: choose one"),
     (["--fsdp", "--dtype", "fp16", "--device", "cuda"], "--fsdp runs in bf16 or fp32"),  # refused before CUDA is used
 ])
@@ -2033,3 +2033,365 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(torchrun_full_
     full, again = weights(full_dir), weights(stopped)
     assert all(torch.equal(full[k], again[k]) for k in full)
     assert [json.loads(line)["step"] for line in open(stopped / "metrics.jsonl")] == list(range(1, 9))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 11. Every promise about bad input and faults (issue 19): checked before anything is touched, one line, exit code 2,
+# and an output folder that a refused run leaves as it was
+
+def snapshot(folder):
+    """Every file under folder with its size and modification time: what a refused run must leave as it was."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def one_error_line(err: str) -> str:
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err and "usage:" not in err, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("config,message", [
+    ("design: sail_pr", "argument --design: invalid choice: 'sail_pr'"),
+    ("self_labels: expected", "invalid choice: 'expected'"),
+    ('{"oracle_label": "sampel"}', "invalid choice: 'sampel'"),
+    ("steps: 2.5", "argument --steps: invalid int value: '2.5'"),
+    ("loss: dop", "invalid choice: 'dop'"),
+    ("temperature: 0", "--temperature must be in (0, inf), got 0.0"),
+    ("resume: maybe", "argument --resume: Truthy value expected"),
+    ("steps: null", "wrong: ['steps']"),
+    ("lora_target_modules: [q_proj, v_proj]", "wrong: ['lora_target_modules']"),
+    ("stpes: 3", "wrong: ['stpes']"),
+])
+def test_a_config_file_is_checked_as_the_command_line_is(config, message, tmp_path, capsys):
+    path = tmp_path / ("run.json" if config.startswith("{") else "run.yaml")
+    path.write_text(config + "\n")
+    with pytest.raises(SystemExit) as e:
+        br.parse_args([path, "--output-dir", tmp_path / "out"])
+    assert e.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert message in line and (str(path) in line or "must be in" in line), line
+
+
+def test_a_config_file_gives_typed_values_and_later_flags_override_it(tmp_path):
+    (tmp_path / "run.yaml").write_text("lr: 1e-4\nresume: true\nmodel: null\nsteps: 7\nseed: 1\n")
+    args = br.parse_args([tmp_path / "run.yaml", "--seed", 3, "--output-dir", tmp_path / "out"])
+    assert (args.lr, args.resume, args.model, args.steps, args.seed) == (1e-4, True, None, 7, 3)
+
+
+def test_every_numeric_flag_has_an_interval():
+    for field in br.dataclasses.fields(br.Args):
+        if any(t in str(field.type) for t in ("int", "float")):
+            assert ", in [" in field.metadata["help"] or ", in (" in field.metadata["help"], field.name
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--temperature", "0"], "--temperature must be in (0, inf), got 0.0"),
+    (["--top-k", "-2"], "--top-k must be in [0, inf)"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be in [1, inf)"),
+    (["--lr", "-1"], "--lr must be in [0, inf)"),
+    (["--lr", "nan"], "--lr must be in [0, inf), got nan"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be in [0, inf)"),
+    (["--max-grad-norm", "-1"], "--max-grad-norm must be in [0, inf)"),
+    (["--keep-last", "-1"], "--keep-last must be in [0, inf)"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--eval-prompts", "0"], "--eval-prompts must be in [1, inf)"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967296)"),
+    (["--reward-batch-size", "0"], "--reward-batch-size must be in [1, inf)"),
+    (["--beta", "inf"], "--beta must be in (0, inf), got inf"),
+    (["--device", "foo"], "--device foo: not a device of this machine"),
+    (["--stpes", "3"], "unrecognized arguments: --stpes 3"),
+])
+def test_every_flag_is_checked_before_anything_is_built(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        br.parse_args(flags)
+    assert e.value.code == 2 and message in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        br.parse_args(["--device", "cuda"])
+    assert "--device cuda: not a device of this machine" in capsys.readouterr().err
+
+
+def test_flag_errors_are_one_line_together_from_a_real_process(tmp_path):
+    result = run_cli("--temperature", 0, "--top-k", -2, "--max-grad-norm", -1, "--output-dir", tmp_path / "out")
+    assert result.returncode == 2 and result.stdout == ""
+    line = one_error_line(result.stderr)
+    assert result.stderr.count("\n") == 1 and "(see --help)" in line
+    assert all(flag in line for flag in ("--temperature", "--top-k", "--max-grad-norm"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        br.parse_args(["--output-dir", tmp_path / "file" / "run"])
+    assert "--output-dir" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_dir_is_one_line(tmp_path, capsys):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    with pytest.raises(SystemExit):
+        br.parse_args(["--output-dir", tmp_path / "ro" / "run"])
+    assert "--output-dir" in one_error_line(capsys.readouterr().err)
+
+
+def reward_fn_flags(tiny_files, out, body, *extra):
+    """tiny_flags with --reward-fn reward.py:score (next to out), a fully online design."""
+    (out.parent / "reward.py").write_text(f"def score(prompts, responses):\n    {body}\n")
+    flags = tiny_flags(tiny_files, out, "--design", "online-dpo", "--pr-fraction", 1, *extra)
+    at = flags.index("--reward-model")
+    flags[at:at + 2] = ["--reward-fn", f"{out.parent / 'reward.py'}:score"]
+    return flags
+
+
+def test_a_refused_overwrite_or_resume_leaves_the_folder_as_it_was(tiny_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_in_process(tiny_flags(tiny_files, out, "--design", "dpo"), capsys)[0] == 0
+    before = snapshot(out)
+    for extra in (["--overwrite", "--temperature", 0], ["--resume", "--temperature", 0], ["--overwrite", "--top-p", 2]):
+        code, _, err = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", *extra), capsys)
+        assert code == 2 and "must be in" in one_error_line(err)
+        assert snapshot(out) == before, extra
+    # refused late: an oracle that fails on its first call (the reference's evaluation), under --overwrite
+    code, _, err = run_in_process(reward_fn_flags(tiny_files, out, "raise ValueError('down')", "--overwrite"), capsys)
+    assert code == 2 and "evaluation of the reference" in one_error_line(err)
+    assert snapshot(out) == before
+    code, out_text, _ = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo"), capsys)
+    assert code == 0 and "resuming from" in out_text  # the original command still continues its run
+
+
+@pytest.mark.parametrize("damage", ["torn", "blank lines", "missing"])
+def test_a_torn_blank_lined_or_missing_metrics_file_never_blocks_a_resume(damage, tiny_files, tmp_path):
+    out = tmp_path / "run"
+    flags = tiny_flags(tiny_files, out, "--design", "dpo", "--save-every", 2)
+    kill_after_the_first_checkpoint(flags, out)
+    metrics = out / "metrics.jsonl"
+    if damage == "torn":  # a disk that filled up while a line was written
+        metrics.write_text(metrics.read_text() + '{"')
+    elif damage == "blank lines":
+        metrics.write_text("\n" + metrics.read_text().replace("\n", "\n\n"))
+    else:
+        metrics.unlink()
+    result = run_cli(*flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in open(metrics)]
+    assert steps == ([3, 4] if damage == "missing" else [1, 2, 3, 4])
+
+
+def checkpoint_weights(folder):
+    from safetensors.torch import load
+
+    return load((folder / "model.safetensors").read_bytes())  # a copy, not a map of a file that a test truncates
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "empty weights", "no weights", "truncated trainer state",
+                                    "no trainer state"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_newest_intact_one(damage, tiny_files, tmp_path):
+    out = tmp_path / "run"
+    flags = tiny_flags(tiny_files, out, "--design", "dpo", "--save-every", 1)
+    assert run_cli(*flags).returncode == 0
+    want = checkpoint_weights(out / "checkpoint-0000004")
+    newest = out / "checkpoint-0000004"
+    name = "model.safetensors" if "weights" in damage else "trainer_state.pt"
+    if damage.startswith("no"):
+        (newest / name).unlink()
+    else:
+        data = (newest / name).read_bytes()
+        (newest / name).write_bytes(b"" if damage.startswith("empty") else data[:len(data) // 2])
+    flags[flags.index("--steps") + 1] = "4"
+    result = run_cli(*flags)  # the same command: the run was finished, its last checkpoint is redone from step 3
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoint-0000004 not intact" in result.stdout and "resuming from" in result.stdout
+    assert "checkpoint-0000003" in result.stdout.split("resuming from")[1].splitlines()[0]
+    got = checkpoint_weights(out / "checkpoint-0000004")
+    assert all(torch.equal(got[k], want[k]) for k in want)  # bitwise the checkpoint that was damaged
+
+
+def test_no_intact_checkpoint_is_one_line_and_changes_nothing(tiny_files, tmp_path):
+    out = tmp_path / "run"
+    flags = tiny_flags(tiny_files, out, "--design", "dpo", "--save-every", 1)
+    assert run_cli(*flags).returncode == 0
+    (out / "checkpoint-0000003" / "trainer_state.pt").write_bytes(b"")
+    (out / "checkpoint-0000004" / "trainer_state.pt").write_bytes(b"")
+    before = snapshot(out)
+    result = run_cli(*flags)
+    assert result.returncode == 2 and "no checkpoint is intact" in one_error_line(result.stderr)
+    assert snapshot(out) == before
+
+
+def test_checkpoints_are_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
+    model, tok = tiny_model()
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or
+                        real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    opt = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    br.save_checkpoint(str(tmp_path), 1, model, tok, opt, scheduler, torch.amp.GradScaler("cpu", enabled=False), 2)
+    renamed = events.index(("replace", str(tmp_path / "checkpoint-0000001")))
+    synced_before = {os.path.basename(path) for kind, path in events[:renamed] if kind == "fsync"}
+    assert {"model.safetensors", "trainer_state.pt", "tokenizer.json", ".tmp-checkpoint-0000001"} <= synced_before
+    assert ("fsync", str(tmp_path)) in events[renamed:]  # the rename itself
+
+
+def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(tiny_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, os.path.join(HERE, "bilevel_rlhf.py"),
+                              *tiny_flags(tiny_files, out, "--design", "dpo", "--steps", 100000)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (out / "metrics.jsonl").exists():  # it holds the lock from before it writes
+            assert first.poll() is None, "the first run ended"
+            time.sleep(0.05)
+        before = (out / "args.json").read_text()
+        result = run_cli(*tiny_flags(tiny_files, out, "--design", "dpo", "--seed", 1))  # seed 1 in the same folder
+        assert result.returncode == 2
+        assert f"in use by another run (process {first.pid})" in one_error_line(result.stderr)
+        assert (out / "args.json").read_text() == before and first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+    # the kernel releases the lock of a killed run: the next run starts
+    assert run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--seed", 1), capsys)[0] == 0
+
+
+def diverge_after(monkeypatch, steps):
+    """AdamW whose update after `steps` steps leaves NaN weights, as a huge learning rate does."""
+    real_step, calls = torch.optim.AdamW.step, []
+
+    def step(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) > steps:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.fill_(float("nan"))
+        return result
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
+@pytest.mark.parametrize("save_every", [1, 0])
+def test_a_diverging_online_run_stops_with_one_line_before_a_checkpoint(save_every, tiny_files, tmp_path, capsys,
+                                                                        monkeypatch):
+    diverge_after(monkeypatch, 2)
+    out = tmp_path / "run"
+    flags = reward_fn_flags(tiny_files, out, "return [float(len(r)) for r in responses]", "--save-every", save_every)
+    code, _, err = run_in_process(flags, capsys)
+    line = one_error_line(err)
+    assert code == 2 and ("not finite after step 3" in line if save_every else "non-finite probabilities" in line)
+    kept = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert kept == (["checkpoint-0000001", "checkpoint-0000002"] if save_every else [])
+    assert all(torch.isfinite(v).all() for c in kept for v in checkpoint_weights(out / c).values())
+
+
+def test_a_huge_learning_rate_in_a_real_process_is_one_line(tiny_files, tmp_path):
+    flags = reward_fn_flags(tiny_files, tmp_path / "run", "return [float(len(r)) for r in responses]", "--lr", 1e6,
+                            "--max-grad-norm", 0, "--warmup-steps", 0, "--save-every", 1)
+    result = run_cli(*flags)
+    assert result.returncode == 2 and "try a lower --lr" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("eval split that is not a file", "--eval-split"),
+    ("reward model that is a causal LM", "not a reward model"),
+    ("oracle that calls sys.exit", "raised SystemExit"),
+    ("reward file with a syntax error", "cannot import"),
+    ("oracle returning 10**400", "returned 1000000000"),
+    ("truncated model file", "cannot load"),
+])
+def test_silent_surprises_and_tracebacks_are_one_line(case, message, tiny_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    body = {"oracle that calls sys.exit": "import sys; sys.exit(0)", "reward file with a syntax error": "return [",
+            "oracle returning 10**400": "return [10**400] * len(responses)"}.get(case, "return [0.0] * len(responses)")
+    flags = reward_fn_flags(tiny_files, out, body)
+    if case == "eval split that is not a file":
+        flags += ["--eval-split", str(tmp_path / "eval.jsonl")]
+    elif case == "reward model that is a causal LM":
+        at = flags.index("--reward-fn")
+        flags[at:at + 2] = ["--reward-model", str(tiny_files / "policy")]
+    elif case == "truncated model file":
+        import shutil
+        shutil.copytree(tiny_files / "policy", tmp_path / "policy")
+        data = (tmp_path / "policy" / "model.safetensors").read_bytes()
+        (tmp_path / "policy" / "model.safetensors").write_bytes(data[:len(data) // 2])
+        flags[flags.index("--model") + 1] = str(tmp_path / "policy")
+    code, _, err = run_in_process(flags, capsys)
+    assert code == 2 and message in one_error_line(err)
+    assert not any(out.rglob("*"))  # nothing written (the folder may exist, empty: it is locked)
+
+
+def test_the_oracle_gets_copies_of_its_arguments():
+    prompts, responses = [[{"role": "user", "content": "hi"}]], ["there"]
+
+    def meddling(p, r):
+        p[0].append({"role": "assistant", "content": "x"})
+        p[0][0]["content"] = "changed"
+        r.clear()
+        return [1.0]
+    assert br.ask_oracle(meddling, prompts, responses, "step 1") == [1.0]
+    assert prompts == [[{"role": "user", "content": "hi"}]] and responses == ["there"]
+
+
+def test_pairs_identical_once_cut_to_the_response_budget_are_dropped(plain_tok):
+    rows = [pair("it was", chosen="great . it was great", rejected="great . it was dull"),  # same first 3 tokens
+            pair("it was", chosen="great .", rejected="dull .")]
+    kept, counts = br.prepare_rows(rows, plain_tok, max_prompt_length=8, max_new_tokens=3)
+    assert kept == rows[1:] and counts["identical"] == 1
+
+
+def test_a_chat_template_that_raises_names_the_row(chat_tok):
+    tok = br.build_tokenizer()
+    tok.chat_template = "{{ raise_exception('no system messages') }}"
+    with pytest.raises(br.RunError, match="prefs.jsonl:4: the chat template failed .*no system messages"):
+        br.normalize_row({"prompt": [user("hi")], "chosen": [assistant("a")], "rejected": [assistant("b")]}, tok,
+                         "prefs.jsonl:4")
+
+
+def test_a_hub_dataset_while_offline_is_one_line(monkeypatch, tmp_path):
+    def load_dataset(name, split):
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(br.RunError, match="org/prefs: not a file, and loading split 'train' from the hub failed"):
+        br.read_rows("org/prefs")
+
+
+def test_a_reward_model_with_two_labels_is_refused(tiny_files, tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    GPT2ForSequenceClassification(GPT2Config(vocab_size=60, n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                             num_labels=2)).save_pretrained(tmp_path / "rm2")
+    (tmp_path / "rm2" / "tokenizer_config.json").unlink(missing_ok=True)
+    import shutil
+    for name in os.listdir(tiny_files / "rm"):
+        if name.startswith(("tokenizer", "special")):
+            shutil.copy(tiny_files / "rm" / name, tmp_path / "rm2")
+    with pytest.raises(br.RunError, match="not a reward model .*it has 2 labels"):
+        br.reward_model_oracle(str(tmp_path / "rm2"), "cpu", torch.float32, 4)
+
+
+def test_a_changed_dataset_is_another_run_and_a_path_spelt_otherwise_is_the_same(tiny_files, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import shutil
+    shutil.copy(tiny_files / "prefs.jsonl", tmp_path / "prefs.jsonl")
+    out = tmp_path / "run"
+    flags = tiny_flags(tiny_files, out, "--design", "dpo")
+    flags[flags.index("--dataset") + 1] = str(tmp_path / "prefs.jsonl")
+    assert run_in_process(flags, capsys)[0] == 0
+    monkeypatch.chdir(tmp_path)  # a relative path, a trailing slash: the same files, the same run
+    spelt = [{str(tmp_path / "prefs.jsonl"): "prefs.jsonl", str(tiny_files / "policy"): f"{tiny_files}/policy/",
+              str(out): "run/"}.get(x, x) for x in flags]
+    code, out_text, err = run_in_process(spelt + ["--steps", 5], capsys)
+    assert code == 0 and "resuming from" in out_text and "with changed" not in out_text, err
+    lines = (tmp_path / "prefs.jsonl").read_text().splitlines()
+    (tmp_path / "prefs.jsonl").write_text("\n".join(lines[1:] + [lines[0].replace("the", "a")]) + "\n")
+    before = snapshot(out)
+    code, _, err = run_in_process(flags + ["--steps", 6], capsys)
+    assert code == 2 and "differs in the data" in one_error_line(err) and snapshot(out) == before
+    code, out_text, _ = run_in_process(flags + ["--steps", 6, "--resume"], capsys)
+    assert code == 0 and "with changed data" in out_text
