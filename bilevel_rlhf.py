@@ -887,12 +887,27 @@ class RunError(Exception):
 
 
 def from_pretrained(auto_class, name: str, **kwargs):
-    """auto_class.from_pretrained(name), with a RunError that says what is wrong when it cannot be loaded."""
+    """auto_class.from_pretrained(name), with a RunError that says what is wrong when it cannot be loaded. A name
+    ending in .gguf is a GGUF file (llama.cpp's format): read from its folder with the gguf package, dequantized."""
+    path = os.path.expanduser(name)
     looks_local = os.path.isabs(name) or name.startswith(("./", "../", "~")) or os.path.isdir(name.split("/")[0])
-    if looks_local and not os.path.isdir(os.path.expanduser(name)):  # fail now, not after the hub's retries
+    if name.endswith(".gguf"):
+        if not os.path.isfile(path):
+            raise RunError(f"{name}: no such file (expected a GGUF model file)")
+        try:
+            import gguf  # noqa: F401  (transformers reads the file with it: an optional package, needed only here)
+        except ImportError:
+            raise RunError(f"{name}: a GGUF file needs the gguf package: pip install gguf") from None
+        path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
+        import transformers  # NOTE: where it has GgufConfig, a model from a GGUF file stays marked as quantized
+        # (model.hf_quantizer, config.quantization_config, is_quantized) unless dequantized at load: save_pretrained
+        # refuses it, and a folder saved with the mark loads as quantized again. Older releases load it dense, unmarked
+        if auto_class.__name__.startswith("AutoModel") and hasattr(transformers, "GgufConfig"):
+            kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)  # dense weights, no mark
+    elif looks_local and not os.path.isdir(path):  # fail now, not after the hub's retries
         raise RunError(f"{name}: no such folder (expected a model saved with save_pretrained, or a hub id)")
     try:
-        return auto_class.from_pretrained(os.path.expanduser(name), **kwargs)
+        return auto_class.from_pretrained(path, **kwargs)
     except Exception as e:  # OSError, ValueError, a truncated file's SafetensorError, ...: the user's files
         raise RunError(f"cannot load {auto_class.__name__} from {name!r}: {type(e).__name__}: {e}") from None
 
