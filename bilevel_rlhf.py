@@ -1141,17 +1141,15 @@ def prepare_rows(rows: list[dict], tok, max_prompt_length: int, max_new_tokens: 
     max_new_tokens, both cut later. Returns the rows and the counts."""
     counts = {"rows": len(rows), "empty": 0, "identical": 0, "duplicates": 0, "long_prompts": 0, "long_responses": 0}
     pairs = [r for r in rows if r["chosen"] is not None and r["chosen"].strip() and r["rejected"].strip()]
-    ids = tok([r[k] for k in ("chosen", "rejected") for r in pairs], add_special_tokens=False).input_ids if pairs \
-        else []
-    cut = {id(r): (c + [tok.eos_token_id], j + [tok.eos_token_id]) for r, c, j in zip(pairs, ids, ids[len(pairs):])}
+    ids = encode_responses(tok, [r[k] for k in ("chosen", "rejected") for r in pairs], None) if pairs else []
+    cut = {id(r): (c, j) for r, c, j in zip(pairs, ids, ids[len(pairs):])}  # as trained on, before the budget
     kept, seen = [], set()
     for r in rows:
         pair = r["chosen"] is not None
         key = (r["prompt"], r["chosen"], r["rejected"])
         if not r["prompt"].strip() or (pair and id(r) not in cut):
             counts["empty"] += 1
-        elif pair and (r["chosen"] == r["rejected"] or max(map(len, cut[id(r)])) > max_new_tokens and  # Δ = 0
-                       cut[id(r)][0][:max_new_tokens] == cut[id(r)][1][:max_new_tokens]):  # for every θ
+        elif pair and cut[id(r)][0][:max_new_tokens] == cut[id(r)][1][:max_new_tokens]:  # Δ = 0 for every θ
             counts["identical"] += 1
         elif key in seen:  # a repeated pair would count twice in every epoch
             counts["duplicates"] += 1
@@ -1181,7 +1179,7 @@ def load_preferences(args: Args, tok) -> tuple[list[dict], list[dict]]:
     rows, counts = prepare_rows(read_preferences(args.dataset, tok, args.dataset_split), tok, args.max_prompt_length,
                                 args.max_new_tokens)
     print(f"{args.dataset}: {counts['rows']} rows; dropped {counts['empty']} empty, {counts['identical']} with "
-          f"chosen == rejected (once cut to --max-new-tokens), {counts['duplicates']} duplicates; "
+          f"identical responses (as tokens, cut to --max-new-tokens), {counts['duplicates']} duplicates; "
           f"{counts['long_prompts']} prompts are longer than "
           f"{args.max_prompt_length} tokens and lose their beginning; {counts['long_responses']} pairs have a response "
           f"longer than {args.max_new_tokens} tokens (--max-new-tokens), cut to that length")
@@ -1217,10 +1215,14 @@ def encode_prompts(tok, prompts: list[str], max_length: int, device):
     return enc.input_ids.to(device), enc.attention_mask.to(device)
 
 
-def encode_responses(tok, texts: list[str], max_tokens: int) -> list[list[int]]:
-    """Token ids of dataset responses, each ending with EOS like a finished policy sample, cut to the response budget
-    (as TRL's max_completion_length): a cut response has no EOS, like a sample that ran out of tokens."""
-    return [(ids + [tok.eos_token_id])[:max_tokens] for ids in tok(texts, add_special_tokens=False).input_ids]
+def encode_responses(tok, texts: list[str], max_tokens: Optional[int]) -> list[list[int]]:
+    """Token ids of dataset responses, each ending at its first EOS like a finished policy sample (a chat template's
+    end of turn is often the EOS: what it renders after it is no part of the response), or with an EOS added, then
+    cut to the response budget (as TRL's max_completion_length): a cut response has no EOS, like a sample that ran out
+    of tokens."""
+    eos = tok.eos_token_id
+    return [(ids[:ids.index(eos) + 1] if eos in ids else ids + [eos])[:max_tokens]
+            for ids in tok(texts, add_special_tokens=False).input_ids]
 
 
 def join(prompt_ids, prompt_mask, responses: list[list[int]], pad_id: int):

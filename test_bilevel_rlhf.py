@@ -743,6 +743,17 @@ def test_dataset_responses_are_cut_to_the_response_budget():
     assert long == encode(tok, "was great . " * 3, False)[:8] and tok.eos_token_id not in long  # cut: no EOS
 
 
+def test_a_dataset_response_ends_at_its_first_eos_as_a_sample_does():
+    # a chat template renders the end of turn (often the EOS) and more after it: a sample stops at the EOS, so the
+    # dataset's response does too (no EOS added after it, nothing after it trained), and prepare_rows sees the same
+    _, tok = tiny_model()
+    assert br.encode_responses(tok, ["was great . <eos> it", "was <eos>"], max_tokens=8) == [
+        encode(tok, "was great .", True), encode(tok, "was", True)]
+    rows = [{"prompt": "the", "raw_prompt": "the", "chosen": f"was great . <eos> {tail}", "rejected": "was great ."}
+            for tail in ("it", "the plot")]
+    assert br.prepare_rows(rows, tok, 8, 8)[1]["identical"] == 2  # the same once cut at the EOS: Δ = 0 for every θ
+
+
 def test_revkl_defaults_by_design():
     defaults = {d: br.validate(br.Args(design=d)).revkl_coef for d in br.DESIGNS}
     assert defaults == {"dpo": 0.0, "online-dpo": 0.0, "sail-pr": 0.0, "sail-pp": 0.1, "sail-dp": 0.1, "mix": 0.0}
@@ -1186,7 +1197,7 @@ def test_read_preferences_names_the_line(tmp_path, plain_tok):
 # ----------------------------------------------------------------------------------------------------------------
 # prepare_rows and split_eval
 
-def pair(prompt, chosen="a", rejected="b"):
+def pair(prompt, chosen="great", rejected="awful"):  # words of the task's tokenizer (others are all <unk>)
     return {"prompt": prompt, "raw_prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
@@ -1196,8 +1207,9 @@ def test_prepare_rows_counts(plain_tok):
         pair("  "),                                     # empty prompt
         pair("it was", chosen=" "),                     # empty response
         pair("it was", chosen="same", rejected="same"),  # identical
+        pair("it was", chosen="tremendous", rejected="spectacular"),  # identical tokens: <unk>, Δ = 0 for every θ
         pair("the movie was"),                          # duplicate of the first
-        pair("the movie was", chosen="c"),              # kept: another pair for the same prompt
+        pair("the movie was", chosen="dull"),           # kept: another pair for the same prompt
         pair("the film is very long and quiet"),        # kept, 7 tokens: long
         {"prompt": "i loved", "raw_prompt": "i loved", "chosen": None, "rejected": None},  # kept, prompt only
         {"prompt": "i loved", "raw_prompt": "i loved", "chosen": None, "rejected": None},  # duplicate
@@ -1205,9 +1217,9 @@ def test_prepare_rows_counts(plain_tok):
         pair("it is", chosen="was long"),               # kept, 2 + 1 tokens: fits
     ]
     kept, counts = br.prepare_rows(rows, plain_tok, max_prompt_length=3, max_new_tokens=4)
-    assert counts == {"rows": 11, "empty": 2, "identical": 1, "duplicates": 2, "long_prompts": 1,
+    assert counts == {"rows": 12, "empty": 2, "identical": 2, "duplicates": 2, "long_prompts": 1,
                       "long_responses": 1}
-    assert kept == [rows[0], rows[5], rows[6], rows[7], rows[9], rows[10]]
+    assert kept == [rows[0], rows[6], rows[7], rows[8], rows[10], rows[11]]
 
 
 def test_split_eval_sizes_and_determinism():
@@ -2482,8 +2494,9 @@ def test_smollm2_chat_template_and_masks_with_pad_equal_to_eos(smollm2):
     ys = br.sample(policy, tok, prompt_ids, prompt_mask, n=2, seed=0, args=args)
     eos = tok.eos_token_id
     assert all(eos not in y[:-1] and (y[-1] == eos or len(y) == 8) for y in ys) and any(y[-1] == eos for y in ys)
-    responses = ys + br.encode_responses(tok, [good, "A"], 8)  # dataset responses end with EOS, as finished samples
-    assert responses[-1] == tok("A", add_special_tokens=False).input_ids + [eos]
+    responses = ys + br.encode_responses(tok, [explicit["chosen"], "A"], 8)  # they end with EOS, as samples do
+    assert explicit["chosen"] == good + "<|im_end|>\n"  # the template's end of turn is the EOS, and a newline follows
+    assert responses[-2:] == [tok(r, add_special_tokens=False).input_ids + [eos] for r in (good, "A")]  # one EOS
     ids, mask, response_mask = br.join(prompt_ids, prompt_mask, responses, tok.pad_token_id)  # 3 per prompt
     assert response_mask.sum(1).tolist() == [len(y) for y in responses]
     assert torch.equal(br.until_first_eos(ids[:, -response_mask.shape[1]:], eos), response_mask)
