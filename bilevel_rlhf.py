@@ -248,13 +248,18 @@ def token_logps_and_kl(logits, labels, ref_logprobs=None) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def reference_logprobs(ref, input_ids, attention_mask, response_mask) -> torch.Tensor:
-    """pi_ref's fp32 log-softmax at the response positions, (N, R, V), once per rollout, in the logits' own copy."""
+def reference_logprobs(ref, input_ids, attention_mask, response_mask, vocab: bool = False):
+    """pi_ref's fp32 log-probs of the response tokens, (N, R), and with `vocab` (for the KL penalty) its whole
+    log-softmax at the response positions, (N, R, V) in the logits' own copy, else None: without the penalty only the
+    sampled tokens' are needed, not N × R × V floats. Computed as the policy's are: equal models, bitwise equal values."""
     logits = response_logits(ref, input_ids, attention_mask, response_mask)  # (N, R, V)
+    labels = input_ids[:, -response_mask.shape[1]:]  # (N, R)
+    if not vocab:
+        return token_logps_and_kl(logits, labels)[0], None
     logprobs = logits.to(torch.promote_types(logits.dtype, torch.float32))
     for rows in logprobs.split(ROW_CHUNK):
-        rows.copy_(rows.log_softmax(dim=-1))  # the policy's own function: equal models give bitwise equal values
-    return logprobs
+        rows.copy_(rows.log_softmax(dim=-1))  # in place: one (N, R, V) tensor alive, plus a chunk
+    return logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1), logprobs
 
 
 def sequence_logps(model, input_ids, attention_mask, response_mask) -> torch.Tensor:
@@ -404,10 +409,10 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
                                                     pad_id)  # (2B, T), (2B, T), (2B, R)
     labels = input_ids[:, -response_mask.shape[1]:]  # (2B, R) the response tokens
     with autocast(device, amp_dtype):
-        ref_vocab_logprobs = reference_logprobs(ref, input_ids, attention_mask, response_mask)  # (2B, R, V)
-        ref_token_logps = ref_vocab_logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (2B, R)
+        ref_token_logps, ref_vocab_logprobs = reference_logprobs(  # (2B, R) and, with the penalty, (2B, R, V)
+            ref, input_ids, attention_mask, response_mask, vocab=args.revkl_coef > 0)
         logits = response_logits(grad_policy, input_ids, attention_mask, response_mask)  # (2B, R, V)
-        token_logps, kl = token_logps_and_kl(logits, labels, ref_vocab_logprobs if args.revkl_coef else None)
+        token_logps, kl = token_logps_and_kl(logits, labels, ref_vocab_logprobs)
     policy_logps, ref_logps = (token_logps * response_mask).sum(1), (ref_token_logps * response_mask).sum(1)  # (2B,)
 
     # 5. self-label: DP and PP pairs get a Bradley-Terry draw from the policy's implicit reward r_θ (detached)

@@ -497,6 +497,20 @@ def test_kl_penalty_with_multi_token_responses_matches_a_loop_over_positions():
         torch.testing.assert_close(g, g_expected, rtol=0, atol=KL_ATOL)
 
 
+def test_the_reference_keeps_its_vocabulary_log_softmax_only_for_the_penalty():
+    # without the penalty (λ = 0) the reference gives the sampled tokens' log-probs alone, not (N, R, V): bitwise the
+    # ones the penalty's path gathers, and bitwise the policy's for equal models (Δ = 0 exactly at θ = θ_ref)
+    model, ref, tok = two_models()
+    seqs = some_sequences(tok)
+    (alone, none), (gathered, vocab) = (br.reference_logprobs(ref, *seqs, vocab=v) for v in (False, True))
+    assert none is None and vocab.shape == (*alone.shape, len(tok)) and torch.equal(alone, gathered)
+    same = br.make_reference(ref, torch.float32)
+    labels = seqs[0][:, -seqs[2].shape[1]:]
+    assert torch.equal(alone, br.token_logps_and_kl(br.response_logits(same, *seqs), labels)[0])
+    assert (vocab.exp().sum(-1) - 1).abs().max() < 1e-5  # a log-softmax: V = 48 roundings of eps = 1.2e-7 in the sum
+    assert not torch.equal(alone, br.reference_logprobs(model, *seqs)[0])  # another model: other values
+
+
 @pytest.mark.parametrize("arch", ["llama", "opt"])
 def test_no_dropout_in_the_training_forward_not_even_from_the_config(arch, tmp_path):
     """Llama applies its config's attention_dropout and OPT its dropout functionally, not through nn.Dropout:
@@ -1889,7 +1903,9 @@ def test_lora_trains_only_the_adapters_and_its_reference_is_the_base_model():
     # (the policy, adapters on, is another model)
     seqs = some_sequences(tok)
     policy.train()  # as in the training loop
-    assert torch.equal(br.reference_logprobs(ref, *seqs), br.reference_logprobs(base, *seqs))
+    for vocab in (False, True):
+        (a, a_vocab), (b, b_vocab) = (br.reference_logprobs(m, *seqs, vocab=vocab) for m in (ref, base))
+        assert torch.equal(a, b) and (torch.equal(a_vocab, b_vocab) if vocab else a_vocab is b_vocab is None)
     with torch.no_grad():
         assert (br.sequence_logps(policy, *seqs) - br.sequence_logps(base, *seqs)).abs().max() > 1e-3
     prompts = br.encode_prompts(tok, ["the plot", "it"], 64, "cpu")
