@@ -251,7 +251,7 @@ def token_logps_and_kl(logits, labels, ref_logprobs=None) -> tuple[torch.Tensor,
 def reference_logprobs(ref, input_ids, attention_mask, response_mask, vocab: bool = False):
     """pi_ref's fp32 log-probs of the response tokens, (N, R), and with `vocab` (for the KL penalty) its whole
     log-softmax at the response positions, (N, R, V) in the logits' own copy, else None: without the penalty only the
-    sampled tokens' are needed, not N × R × V floats. Computed as the policy's are: equal models, bitwise equal values."""
+    sampled tokens' are needed, not N × R × V floats. Computed as the policy's: equal models, bitwise equal values."""
     logits = response_logits(ref, input_ids, attention_mask, response_mask)  # (N, R, V)
     labels = input_ids[:, -response_mask.shape[1]:]  # (N, R)
     if not vocab:
@@ -600,12 +600,12 @@ class Args:
     quick: bool = arg(False, "embedded task only: a smaller, faster run (used by the tests)")
 
     # model and data
-    model: Optional[str] = arg(None, "hub id or folder of a causal LM; None = the embedded task (tiny GPT-2, reviews)")
+    model: Optional[str] = arg(None, "hub id, folder or .gguf file of a causal LM; None = the embedded task")
     dataset: Optional[str] = arg(None, "preference data for --model: a .jsonl/.json file or a hub dataset id (README)")
     dataset_split: str = arg("train", "split of a hub dataset used for training")
     eval_split: Optional[str] = arg(None, "eval prompts: a hub split or a file; None = hold out --eval-fraction")
     eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation without --eval-split", "[0, 1)")
-    reward_model: Optional[str] = arg(None, "hub id or folder of a sequence-classification reward model: the oracle")
+    reward_model: Optional[str] = arg(None, "hub id, folder or .gguf file of a sequence-classifier reward model")
     reward_fn: Optional[str] = arg(None, "oracle f(prompts, responses) -> list of scores: module:func or file.py:func")
     reward_batch_size: int = arg(16, "responses scored per reward-model forward", GE1)
     max_prompt_length: Optional[int] = arg(None, "prompts lose their beginning beyond this (default: the context minus "
