@@ -31,7 +31,7 @@ compare: $(VENV)/.bench-installed  # every design and the ablations on the embed
 bench: $(VENV)/.bench-installed  # side by side with TRL's OnlineDPOTrainer (ARGS=--quick for a smoke run)
 	$(PY) benchmarks/bench_trl.py $(ARGS)
 
-demo: $(VENV)/.bench-installed  # SmolLM2-135M-Instruct aligned toward VADER sentiment on the CPU, ~10 min (README)
+demo: $(VENV)/.bench-installed  # SmolLM2-135M-Instruct aligned toward VADER sentiment on the CPU, ~5 min (README)
 	$(PY) benchmarks/demo.py $(ARGS)
 
 clean:

@@ -5,7 +5,7 @@ benchmarks/demo_eval.jsonl). It runs bilevel_rlhf.main in this process, then sam
 model on a few evaluation prompts with the same seed, side by side, and writes everything to
 benchmarks/results/demo.md. The settings were chosen on the training prompts only (README, "A real model: the demo").
 
-    python benchmarks/demo.py                          # the demo (about 10 minutes on 2 CPU cores)
+    python benchmarks/demo.py                          # the demo (about 5 minutes on an idle 2-core CPU)
     python benchmarks/demo.py --oracle-label sample    # the same budget with Bradley-Terry draws (README, §6 table)
 """
 import argparse
@@ -76,7 +76,7 @@ def main():
     result = br.main(flags)
     t_train = time.perf_counter() - t0
 
-    args = br.validate(br.Args(model=model_dir, max_new_tokens=24, output_dir="unused"))  # temperature 1, no top-p/k
+    args = br.validate(br.Args(max_new_tokens=24, batch_size=8, output_dir="unused"))  # temperature 1, no top-p/k
     prompts = [json.loads(line)["prompt"] for line in open(EVAL)][:opts.show]
     before, after = answers(model_dir, prompts, args, seed=0), answers(opts.output_dir, prompts, args, seed=0)
     vader = br.load_reward_fn(REWARD_FN)
@@ -102,12 +102,12 @@ def main():
         f"tokens per step, lr {opts.lr:g}, {opts.steps} steps, seed {opts.seed}.",
         "",
         f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, "
-        f"{torch.get_num_threads()} torch threads; load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the "
-        f"end (above {os.cpu_count()}: the CPU was shared with other work). {versions}, Python "
+        f"{torch.get_num_threads()} torch threads; 1-minute load average {load0[0]:.1f} just before the start (other "
+        f"work), {load1[0]:.1f} at the end (the demo's own threads count). {versions}, Python "
         f"{platform.python_version()}.",
         "",
-        f"Time: {seconds:.0f} s in all ({t_train:.0f} s converting the GGUF file if needed, training and the "
-        "evaluations; the rest sampling the side-by-side answers).",
+        f"Time: {seconds:.0f} s in all ({t_train:.0f} s for the GGUF conversion, done once into runs/, the training "
+        "and the evaluations; the rest for the side-by-side answers).",
         "",
         "| model | gold reward (VADER) | win rate vs reference | KL |",
         "| --- | ---: | ---: | ---: |",
