@@ -376,6 +376,22 @@ def test_a_rollout_samples_only_pp_and_pr_pairs_and_only_pr_pairs_ask_the_oracle
     assert r.uniforms.dtype == f64 and r.uniforms.shape == (48,) and ((0 <= r.uniforms) & (r.uniforms < 1)).all()
 
 
+@pytest.mark.parametrize("scale, warns", [(0.01, True), (10.0, False)])
+def test_sampled_oracle_labels_warn_once_when_score_differences_make_them_coin_flips(scale, warns, monkeypatch, capsys):
+    """--oracle-label sample takes the scores as logits: differences of a fraction of a unit make σ(s1 − s2) ≈ ½, and
+    the rollout says so, once; scores on a logit scale (or argmax) do not warn."""
+    model, tok = tiny_model()
+    monkeypatch.setattr(br.oracle_label, "warned", False, raising=False)
+    oracle = lambda prompts, responses: [scale * len(r.split()) for r in responses]  # noqa: E731
+    for label in ("sample", "sample", "argmax"):
+        args = br.validate(br.Args(design="online-dpo", pr_fraction=1.0, max_new_tokens=8, oracle_label=label,
+                                   output_dir="unused"))
+        br.make_rollout(args, model, tok, toy_rows(16), oracle, lambda stream: br.STREAMS.index(stream),
+                        torch.float32, "test")
+    err = capsys.readouterr().err
+    assert err.count("most Bradley-Terry labels are coin flips") == int(warns), err
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Log-probs and the sampler
 

@@ -52,7 +52,7 @@ Differences in TRL 1.16's OnlineDPOTrainer that this benchmark sets or reports (
   - bf16 defaults to True (`bf16 = not fp16`), even on a CPU: set to False here, so both sides train in fp32
   - the default learning rate is 5e-7 and temperature 0.9: set to the benchmark's lr and to 1.0
   - labels: TRL takes the higher reward and gives ties to the first sample; this project draws a Bradley-Terry label
-    (--oracle-label sample, its default; --oracle-label argmax here for the deterministic rule, ties a coin flip)
+    (--oracle-label sample, its default when this was measured; argmax, now the default, is the deterministic rule)
   - _forward passes no position_ids, so left-padded prompts are scored at shifted positions (generate() counts
     positions from the first real token): on the quick task's SFT model, 49 of 64 prompts are padded and their sequence
     log-probs differ by ~1.0 nat from the positions they were sampled at; this project counts positions from the
@@ -90,8 +90,8 @@ NOTES = [
     "bf16 defaults to True (`bf16 = not fp16`), even on a CPU: set to False here, so both sides train in fp32",
     "the default learning rate is 5e-7 and temperature 0.9: set to the benchmark's lr and to 1.0",
     ("labels: TRL takes the higher reward and gives ties to the first sample; this project draws a Bradley-Terry "
-     "label (--oracle-label sample, its default; --oracle-label argmax here for the deterministic rule, ties a "
-     "coin flip)"),
+     "label (--oracle-label sample, its default when this was measured; argmax, now the default, is the "
+     "deterministic rule, ties a coin flip)"),
     ("_forward passes no position_ids, so left-padded prompts are scored at shifted positions (generate() counts "
      "positions from the first real token): on the quick task's SFT model, 49 of 64 prompts are padded and their "
      "sequence log-probs differ by ~1.0 nat from the positions they were sampled at; this project counts positions"
@@ -127,7 +127,7 @@ def parse(argv=None):
     p.add_argument("--mix-fractions", default="0.4,0.3,0.3",
                    help="r,p,g (dp, pp, pr fractions) of --design mix (default: the paper's 0.4,0.3,0.3)")
     p.add_argument("--oracle-label", choices=("sample", "argmax"), default="sample",
-                   help="this project's oracle labels (default: the project's default, a Bradley-Terry draw; TRL "
+                   help="this project's oracle labels (default: sample, a Bradley-Terry draw, as measured; TRL "
                         "always takes the higher score, ties to the first sample)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--out", default=os.path.join(HERE, "results", "bench_trl.json"),
