@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test compare bench demo clean
+.PHONY: run test compare bench bench-real demo clean
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ compare: $(VENV)/.bench-installed  # every design and the ablations on the embed
 
 bench: $(VENV)/.bench-installed  # side by side with TRL's OnlineDPOTrainer (ARGS=--quick for a smoke run)
 	$(PY) benchmarks/bench_trl.py $(ARGS)
+
+bench-real: $(VENV)/.bench-installed  # the same on SmolLM2-135M-Instruct with LoRA (make bench ARGS=--real is the same)
+	$(PY) benchmarks/bench_trl.py --real $(ARGS)
 
 demo: $(VENV)/.bench-installed  # SmolLM2-135M-Instruct aligned toward VADER sentiment on the CPU, ~5 min (README)
 	$(PY) benchmarks/demo.py $(ARGS)
