@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test compare bench bench-real demo clean
+.PHONY: run test compare study-real bench bench-real demo clean
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
 
 compare: $(VENV)/.bench-installed  # every design and the ablations on the embedded task, 3 seeds (ARGS=--quick: 1 seed, a smaller task)
 	$(PY) benchmarks/compare.py --jobs 2 $(ARGS)
+
+study-real: $(VENV)/.bench-installed  # the six designs on SmolLM2-135M-Instruct toward VADER, 3 seeds (~80 min)
+	$(PY) benchmarks/study_real.py --jobs 2 $(ARGS)
 
 bench: $(VENV)/.bench-installed  # side by side with TRL's OnlineDPOTrainer (ARGS=--quick for a smoke run)
 	$(PY) benchmarks/bench_trl.py $(ARGS)
