@@ -25,7 +25,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
 	$(PY) -m pip install -r benchmarks/requirements.txt -c constraints.txt
 	touch $@
 
-compare: $(VENV)/.bench-installed  # every design and the ablations on the embedded task, 3 seeds (ARGS=--quick: 1 seed, a smaller task)
+compare: $(VENV)/.bench-installed  # the study on the embedded task, 3 seeds (ARGS="--part designs": one part; --quick: 1 seed)
 	$(PY) benchmarks/compare.py --jobs 2 $(ARGS)
 
 study-real: $(VENV)/.bench-installed  # the six designs on SmolLM2-135M-Instruct toward VADER, 3 seeds (~80 min)
@@ -39,6 +39,9 @@ bench-real: $(VENV)/.bench-installed  # the same on SmolLM2-135M-Instruct with L
 
 demo: $(VENV)/.bench-installed  # SmolLM2-135M-Instruct aligned toward VADER sentiment on the CPU, ~5 min (README)
 	$(PY) benchmarks/demo.py $(ARGS)
+
+study-real: $(VENV)/.bench-installed  # the study on SmolLM2-135M-Instruct (docs/study.md)
+	$(PY) benchmarks/study_real.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache __pycache__

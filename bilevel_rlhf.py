@@ -30,14 +30,8 @@ By the log-derivative trick, ∇J is the sum of three terms (§5), each estimate
 Terms (2) and (3) carry the coefficient c in [0, 1] of the example's source. c = 1 follows ∇J; c = 0 drops them: on PR
 examples that is online (iterative) DPO, on DP and PP examples DPO on self-labelled pairs (whose expected gradient is
 zero with the DPO loss, §4). In between, the expected update is (1 − c)·g_0 + c·∇J, g_0 being the gradient of J with
-its data distribution held at the current policy (§5). The designs:
-
-    dpo         offline only: offline DPO, IPO or SLiC by --loss
-    online-dpo  a fraction --pr-fraction of PR examples, the rest offline, no bilevel term
-    sail-pr     the same with term (2), coefficient --pr-coef
-    sail-pp     a fraction --pp-fraction of PP examples: terms (2) and (3), coefficient --pp-coef
-    sail-dp     a fraction --dp-fraction of DP examples: term (3), coefficient --dp-coef
-    mix         every example routed at random to offline, DP, PP or PR (the paper's mixture)
+its data distribution held at the current policy (§5). A design (--design dpo, online-dpo, sail-pr, sail-pp, sail-dp,
+mix) chooses the sources and their coefficients: the README's table lists them with their flags and defaults.
 
 One training step, on each micro-batch of examples: the paper's algorithm box, one function for each part.
 
@@ -50,8 +44,8 @@ One training step, on each micro-batch of examples: the paper's algorithm box, o
                                   (sail_loss), plus λ × the KL(pi_ref ‖ pi_θ) penalty of SAIL-RevKL (§6)
     train          7. update      backward, clip, AdamW step; around it: accumulation, logging, checkpoints
 
-The mathematics is in ALGORITHM.md; where this file departs from the paper and from its authors' code, and why, is in
-the README ("Differences").
+The mathematics is in ALGORITHM.md; where this file departs from the paper and from its authors' code, and why, is its
+§9.
 
 Run it:
     python bilevel_rlhf.py                                  # embedded task: tiny GPT-2 on CPU, about a minute

@@ -8,6 +8,7 @@
 6. CUDA-only checks (skipped without a GPU).
 """
 
+import dataclasses
 import glob
 import importlib.util
 import itertools
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -869,19 +871,90 @@ def test_response_budget_defaults_to_fit_the_model():
 
 
 def test_no_reference_points_outside_the_repository():
-    """Every markdown link of the docs is a web address or a file of the repository, no path leaves it, and every
+    """No path in the code leaves the repository (the docs' links: test_docs_name_only_what_exists), and every
     ALGORITHM.md § that the code cites is a heading of ALGORITHM.md."""
-    import re
-    files = ["README.md", "ALGORITHM.md", "bilevel_rlhf.py", "test_bilevel_rlhf.py", "Makefile",
+    files = ["bilevel_rlhf.py", "test_bilevel_rlhf.py", "Makefile",
              *glob.glob("benchmarks/*.py", root_dir=HERE), *glob.glob("benchmarks/*.sh", root_dir=HERE)]
     for name in files:
         text = open(os.path.join(HERE, name)).read()
         assert "../" not in text.replace('"../"', ""), f"{name} points outside the repository"
-        for target in re.findall(r"\]\(([^)#\s]+)", text) if name.endswith(".md") else []:
-            assert target.startswith("http") or os.path.exists(os.path.join(HERE, target)), (name, target)
     headings = set(re.findall(r"^## (§\w+)", open(os.path.join(HERE, "ALGORITHM.md")).read(), re.M))
     cited = set(re.findall(r"§\d+[a-z]?", open(os.path.join(HERE, "bilevel_rlhf.py")).read()))
     assert cited and cited <= headings, cited - headings
+
+
+DOCS = ["README.md", "ALGORITHM.md", *sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(HERE, "docs")))]
+# Flags of the other programs that the docs' commands call (torchrun, pip).
+OTHER_PROGRAMS_FLAGS = {"--standalone", "--nproc_per_node", "--nnodes", "--node_rank", "--master_addr", "--master_port",
+                        "--shutdown-timeout", "--no-deps"}
+# What a user-facing page must not hold: the project's own history belongs in git log.
+HISTORY = [(r"(?<![\w.~])/(?:tmp|work|home|root|Users|mnt|scratch)/", "a machine's path"),
+           (r"(?i)\bissues? #?\d+", "an issue number"), (r"(?<![\w/&(])#\d+\b", "an issue number"),
+           (r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b", "a commit hash"),
+           (r"(?i)before the fix|was lent|this session|the earlier version", "the project's history")]
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def doc_problems(name: str, text: str) -> list[str]:
+    """What is wrong with one markdown page of the docs (README.md, ALGORITHM.md, docs/): a relative link to a file,
+    heading or line that does not exist, a `make` target or a flag that no Makefile, `Args` field or benchmark script
+    defines, a line or table row of the project's history (see HISTORY)."""
+    problems = []
+    code = "\n".join(re.findall(r"```.*?```", text, re.S) + re.findall(r"`([^`\n]+)`", text))
+    targets = set(re.findall(r"^([\w-]+):", open(os.path.join(HERE, "Makefile")).read(), re.M))
+    for target in set(re.findall(r"(?:^|[\s;&|(])make ([a-z][\w-]*)", code, re.M)) - targets:
+        problems.append(f"{name}: `make {target}` is not a target of the Makefile")
+    known = {"--help"} | OTHER_PROGRAMS_FLAGS
+    for field in dataclasses.fields(br.Args):
+        known |= {"--" + field.name, "--" + field.name.replace("_", "-")}
+    for script in glob.glob(os.path.join(HERE, "benchmarks", "*.py")):
+        known |= set(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", open(script).read()))
+    for flag in sorted(set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", text)) - known):
+        problems.append(f"{name}: {flag} is not a flag of bilevel_rlhf.py, of a benchmark or of torchrun")
+    for label, target in re.findall(r"\[([^\]]*)\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        full = os.path.normpath(os.path.join(HERE, os.path.dirname(name), path or os.path.basename(name)))
+        if os.path.relpath(full, HERE).startswith("..") or not os.path.exists(full):
+            problems.append(f"{name}: the link {target} leads to no file of the repository")
+        elif anchor and re.fullmatch(r"L\d+", anchor):
+            lines = open(full).read().splitlines()
+            line = lines[int(anchor[1:]) - 1] if int(anchor[1:]) <= len(lines) else ""
+            function = re.fullmatch(r"`(\w+)`", label)
+            if not line or function and not re.match(rf"(def|class) {function[1]}\b", line):
+                problems.append(f"{name}: {target} is not the line of {label}")
+        elif anchor:
+            page = re.sub(r"```.*?```", "", open(full).read(), flags=re.S)
+            if anchor not in {github_anchor(h) for h in re.findall(r"^#+ (.+)$", page, re.M)}:
+                problems.append(f"{name}: the link {target} leads to no heading of {path or name}")
+    for pattern, what in HISTORY:
+        for match in re.finditer(pattern, text):
+            problems.append(f"{name}: {match[0]!r} is {what}")
+    return problems
+
+
+def test_docs_name_only_what_exists():
+    """The docs are checked where a test can check them: every relative link resolves (file, heading, line of a
+    function), every `make` target and flag they name exists, no machine path, issue number, commit hash or history,
+    each page linked from the README, the README a front door (at most 250 lines), and no table row in two pages
+    (each fact in one place)."""
+    texts = {name: open(os.path.join(HERE, name)).read() for name in DOCS}
+    problems = [problem for name, text in texts.items() for problem in doc_problems(name, text)]
+    problems += [f"README.md does not link {name}" for name in DOCS[2:] if f"]({name}" not in texts["README.md"]]
+    if len(texts["README.md"].splitlines()) > 250:
+        problems.append(f"README.md has {len(texts['README.md'].splitlines())} lines, more than 250")
+    seen = {}
+    for name, text in texts.items():  # the rows of every table below its header
+        for body in re.findall(r"^\|.*\|\n\|[-: |]+\|\n((?:\|.*\|\n?)+)", text, re.M):
+            for row in body.splitlines():
+                if len(row.split("|")) > 5 and seen.setdefault(row, name) != name:
+                    problems.append(f"{name} repeats a table row of {seen[row]}: {row[:80]}")
+    assert not problems, "\n".join(problems)
 
 
 def test_help_documents_every_flag():

@@ -5,10 +5,12 @@ pairs per step, so budgets match: steps × batch size preference pairs per run. 
 oracle for labels of their own samples (counted in the `oracle labels` column). Each run is evaluated every
 --eval-every steps on the same evaluation prompts; the points along training give one curve per method.
 
-    python benchmarks/compare.py --jobs 2     # the full comparison (3 seeds; about an hour on 2 CPU cores)
-    python benchmarks/compare.py --quick      # a smaller task, 1 seed, 120 steps (not timed at this grid)
+    python benchmarks/compare.py --jobs 2                  # every part in one table (3 seeds)
+    python benchmarks/compare.py --jobs 2 --part designs   # one part: designs, ablations, penalty, labels, oracle
+    python benchmarks/compare.py --quick                   # a smaller task, 1 seed, 120 steps
 
-Writes benchmarks/results/compare[_quick].{json,md,png} (the plot only when matplotlib is installed).
+Writes benchmarks/results/compare[_quick][_PART].{json,md,png} (the plot only when matplotlib is installed), each
+run's numbers the same whether its part runs alone or with the others (every run is its own process and seeds).
 """
 
 import argparse
@@ -22,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bilevel_rlhf as br  # noqa: E402
@@ -55,6 +58,18 @@ ABLATIONS = {
        for lam in LAMBDAS},
     "mix r,p,g=0.4,0.3,0.3": {"design": "mix", "dp_fraction": 0.4, "pp_fraction": 0.3, "pr_fraction": 0.3},
     "mix r,p,g=0.24,0.18,0.18": {"design": "mix", "dp_fraction": 0.24, "pp_fraction": 0.18, "pr_fraction": 0.18},
+    **{f"sail-pr oracle {rule}": {"design": "sail-pr", "oracle_label": rule} for rule in ("argmax", "sample")},
+}
+# The grid in named parts (--part), each its own table and plot panel: title -> the names it reports.
+PARTS = {
+    "designs": ("designs at their defaults", list(METHODS)),
+    "ablations": ("coefficients of the bilevel terms, temperature, IPO per token",
+                  [n for n in ABLATIONS if "λ=" not in n and "labels" not in n and "r,p,g" not in n
+                   and "oracle" not in n]),
+    "penalty": ("the RevKL weight λ", [n for n in ABLATIONS if "λ=" in n]),
+    "labels": ("self-labels sampled or in expectation; mix fractions",
+               [n for n in ABLATIONS if "labels" in n or "r,p,g" in n]),
+    "oracle": ("the oracle's label rule", [n for n in ABLATIONS if "oracle" in n]),
 }
 
 
@@ -138,13 +153,12 @@ def plot(results: list[dict], names: list[str], reference: dict, path: str) -> b
     except ImportError:
         print("matplotlib is not installed: no plot (pip install -r benchmarks/requirements.txt)")
         return False
-    panels = [("designs at their defaults", [n for n in names if n in METHODS]),
-              ("coefficients of the bilevel terms, temperature, IPO per token",
-               [n for n in names if n in ABLATIONS and "λ=" not in n and "labels" not in n and "r,p,g" not in n]),
-              ("the RevKL weight λ", [n for n in names if "λ=" in n]),
-              ("self-labels sampled or in expectation; mix fractions",
-               [n for n in names if "labels" in n or "r,p,g" in n])]
-    fig, axes = plt.subplots(2, 2, figsize=(14, 11), sharey=True)
+    panels = [(title, [n for n in part if n in names]) for title, part in PARTS.values()]
+    panels = [(title, part) for title, part in panels if part]
+    rows, cols = (1, 1) if len(panels) == 1 else (-(-len(panels) // 2), 2)
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 5.5 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     colours, markers = plt.get_cmap("tab20").colors, "os^vD<>pPXh*"
     for ax, (title, curve_names) in zip(axes.flat, panels):
         ax.scatter([0], [reference["gold/reward"]], color="black", marker="*", s=120, label="reference (SFT)", zorder=3)
@@ -171,7 +185,11 @@ def main():
     parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3, 1 with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 300, 120 with --quick)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate of every run (default: the core's)")
-    parser.add_argument("--no-ablations", action="store_true", help="only the designs")
+    parser.add_argument("--part", choices=list(PARTS), default=None, help="one part of the grid, in its own files "
+                        "(compare_PART.*; default: every part, in compare.*): " + "; ".join(
+                            f"{name}: {title}" for name, (title, _) in PARTS.items()))
+    parser.add_argument("--oracle-label", choices=("argmax", "sample"), default=None, help="the oracle's label rule of "
+                        "every run that does not set its own (default: the core's)")
     parser.add_argument("--methods", nargs="+", default=None, help="only these methods and ablations (their names "
                         "in the table)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
@@ -189,6 +207,7 @@ def main():
     eval_every = max(1, steps // 6)
     results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     name = "compare_quick" if opts.quick else "compare" if opts.lr is None else f"compare_lr{opts.lr}"
+    name += f"_{opts.part}" if opts.part else ""
     if opts.methods or opts.first_seed:  # a partial run never overwrites the full one
         name += f"_seeds{opts.first_seed}-{opts.first_seed + seeds - 1}" + ("_subset" if opts.methods else "")
     out = os.path.join(results_dir, name)
@@ -200,7 +219,7 @@ def main():
     reference.eval()
     ref_eval = br.evaluate(reference, reference, tok, eval_rows, br.gold_reward, task_args)
     ref_eval.update(sample_statistics(reference, tok, eval_rows, task_args))
-    names = list(METHODS) + ([] if opts.no_ablations else list(ABLATIONS))
+    names = [n for part, (_, part_names) in PARTS.items() if opts.part in (None, part) for n in part_names]
     if opts.methods:
         unknown = [n for n in opts.methods if n not in names]
         if unknown:
@@ -211,7 +230,9 @@ def main():
     for seed in range(opts.first_seed, opts.first_seed + seeds):  # seeds outermost: a partial run covers every method
         first_name = {}
         for name in names:
-            args = resolve({**METHODS, **ABLATIONS}[name], seed, steps, eval_every, len(eval_rows), opts.lr)
+            overrides = {**({"oracle_label": opts.oracle_label} if opts.oracle_label else {}),
+                         **{**METHODS, **ABLATIONS}[name]}
+            args = resolve(overrides, seed, steps, eval_every, len(eval_rows), opts.lr)
             key = json.dumps(dataclasses.asdict(args), sort_keys=True)
             if key in first_name:
                 same_as[(name, seed)] = first_name[key]
@@ -242,16 +263,21 @@ def main():
 
     table = markdown(summarize(results, names), ref_eval)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({opts.threads} torch "
-               f"thread(s)), torch {torch.__version__}, Python {platform.python_version()}")
-    header = (f"{'Quick mode: ' if opts.quick else ''}{steps} steps × 16 pairs per run, learning rate "
-              f"{opts.lr or br.validate(br.Args()).lr}, {seeds} seed(s) from seed {opts.first_seed}, "
+               f"thread(s)), torch {torch.__version__}, transformers {transformers.__version__}, Python "
+               f"{platform.python_version()}")
+    command = " ".join(["python benchmarks/compare.py", *sys.argv[1:]])
+    header = (f"Generated by `{command}`" + (f" (part {opts.part}: {PARTS[opts.part][0]})" if opts.part else "")
+              + f". {'Quick mode: ' if opts.quick else ''}{steps} steps × 16 pairs per run, learning rate "
+              f"{opts.lr or br.validate(br.Args()).lr}, oracle labels {opts.oracle_label or br.Args().oracle_label} "
+              f"(where a row does not set its own), {seeds} seed(s) from seed {opts.first_seed}, "
               f"{len(eval_rows)} eval prompts; mean ± standard deviation over seeds. Machine: {machine}. "
               f"Total {time.perf_counter() - t0:.0f} s" + (f"; {reused} runs taken from {opts.reuse} (--reuse)"
                                                            if opts.reuse else "") + ".")
     with open(out + ".md", "w") as f:
         f.write(header + "\n\n" + table + "\n")
     with open(out + ".json", "w") as f:
-        json.dump({"reference": ref_eval, "results": results, "steps": steps, "seeds": seeds, "machine": machine}, f)
+        json.dump({"reference": ref_eval, "results": results, "steps": steps, "seeds": seeds, "machine": machine,
+                   "part": opts.part, "command": command}, f)
     plotted = plot(results, names, ref_eval, out + ".png")
     print("\n" + header + "\n\n" + table)
     print(f"\nwrote {out}.md, {out}.json" + (f", {out}.png" if plotted else ""))

@@ -6,7 +6,8 @@ model on a few evaluation prompts with the same seed, side by side, and writes e
 benchmarks/results/demo.md. The settings were chosen on the training prompts only (README, "A real model: the demo").
 
     python benchmarks/demo.py                          # the demo (about 5 minutes on an idle 2-core CPU)
-    python benchmarks/demo.py --oracle-label sample    # the same budget with Bradley-Terry draws (README, §6 table)
+    python benchmarks/demo.py --oracle-label sample --results benchmarks/results/demo_sample.md
+                                                       # Bradley-Terry draws (docs/study.md, the oracle's label rule)
 """
 import argparse
 import importlib.metadata

@@ -53,7 +53,7 @@ def peak_mib(device) -> float:
 
 
 # Before issue 13: the peak of the memory part on a lent H100 at commit bdbb9b1 (before logits_to_keep: the step held
-# (2B, T, V) logits and their fp32 copy), 32 pairs, 128 + 128 tokens (README, benchmarks/results/gpu_check.json then)
+# (2B, T, V) logits and their fp32 copy), 32 pairs, 128 + 128 tokens (docs/performance.md, benchmarks/results/gpu_check.json)
 BEFORE_PEAK_MIB = {(32, "bfloat16", False): 26783.3, (32, "float32", False): 30927.1, (8, "bfloat16", False): 8191.1,
                    (8, "float32", False): 9219.9, (32, "bfloat16", True): 15157.0, (8, "bfloat16", True): 5288.2}
 # peak memory bandwidth in bytes/s, from the vendors' data sheets, by a substring of torch.cuda.get_device_name()
