@@ -40,8 +40,5 @@ bench-real: $(VENV)/.bench-installed  # the same on SmolLM2-135M-Instruct with L
 demo: $(VENV)/.bench-installed  # SmolLM2-135M-Instruct aligned toward VADER sentiment on the CPU, ~5 min (README)
 	$(PY) benchmarks/demo.py $(ARGS)
 
-study-real: $(VENV)/.bench-installed  # the study on SmolLM2-135M-Instruct (docs/study.md)
-	$(PY) benchmarks/study_real.py $(ARGS)
-
 clean:
 	rm -rf $(VENV) runs .pytest_cache __pycache__
