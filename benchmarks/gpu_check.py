@@ -1,6 +1,6 @@
-"""Throughput and memory of the core file on a GPT-2-small-sized policy (124M parameters, random init), against the
-goals of issue 13, and side by side with TRL's OnlineDPOTrainer on the same GPU. Writes one JSON summary; called by
-benchmarks/gpu_check.sh after the CUDA tests. Three parts (--parts):
+"""Throughput and memory of the core file on a GPT-2-small-sized policy (124M parameters, random init), against its
+goals (docs/performance.md), and side by side with TRL's OnlineDPOTrainer on the same GPU. Writes one JSON summary;
+called by benchmarks/gpu_check.sh after the CUDA tests. Three parts (--parts):
 
   generation  the sampler with the static KV cache (transformers compiles its decoding step into CUDA graphs) against
               the dynamic one (eager), at --gen-prompts prompts x 2 samples x --response-tokens new tokens, bf16
@@ -17,7 +17,7 @@ benchmarks/gpu_check.sh after the CUDA tests. Three parts (--parts):
               OnlineDPOTrainer with its default (gradient checkpointing on) and with checkpointing off: the same
               policy, prompts, batch, new-token budget, learning rate, steps and precision; samples/s over steps
               2..N, peak GPU memory; each in a process of its own. Goal: this project >= 2x TRL's best.
-  llama8b     (issue 12) a Llama-architecture model of about 8B parameters built from a config on the meta device
+  llama8b     a Llama-architecture model of about 8B parameters built from a config on the meta device
               (random weights, nothing downloaded; fp32 frozen base weights as the core loads them), LoRA r = 64 on
               every linear layer, bf16 autocast, gradient checkpointing: --llama-steps SAIL-PR steps of
               bilevel_rlhf.train (--llama-pairs pairs, 64 + 64 tokens); peak GPU memory and seconds per step.
@@ -52,8 +52,8 @@ def peak_mib(device) -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
 
 
-# Before issue 13: the peak of the memory part on a lent H100 at commit bdbb9b1 (before logits_to_keep: the step held
-# (2B, T, V) logits and their fp32 copy), 32 pairs, 128 + 128 tokens (docs/performance.md, benchmarks/results/gpu_check.json)
+# Before logits_to_keep: the peak of the memory part on a lent H100, when the step held (2B, T, V) logits and their
+# fp32 copy; 32 pairs, 128 + 128 tokens (docs/performance.md, benchmarks/results/gpu_check.json)
 BEFORE_PEAK_MIB = {(32, "bfloat16", False): 26783.3, (32, "float32", False): 30927.1, (8, "bfloat16", False): 8191.1,
                    (8, "float32", False): 9219.9, (32, "bfloat16", True): 15157.0, (8, "bfloat16", True): 5288.2}
 # peak memory bandwidth in bytes/s, from the vendors' data sheets, by a substring of torch.cuda.get_device_name()

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# GPU checks for a lent GPU machine (issues 5, 6, 12, 13), meant to finish in about 8 minutes on one H100 (an estimate:
-# the parts added for issue 13 have not run on a GPU yet):
+# GPU checks for a GPU machine, meant to finish in about 8 minutes on one H100 (an estimate: the generation and
+# memory parts have not run on a GPU yet):
 # 1. the CUDA-only tests of test_bilevel_rlhf.py (autocast dtype, GradScaler with fp16, bf16 reference, fp32
 #    log-probs under bf16 autocast, fused AdamW, the static KV cache compiled once and decoding as the dynamic one);
 # 2. benchmarks/gpu_check.py on a GPT-2-small-sized policy, one JSON summary: generation with the static KV cache
 #    (compiled, CUDA graphs) against the dynamic one; training pairs/s and peak memory against the peak before
 #    logits_to_keep; bilevel_rlhf.train against TRL's OnlineDPOTrainer (default, and checkpointing off);
-#    and (issue 12) SAIL-PR steps with LoRA r = 64 on a ~8B Llama built from a config, peak GPU memory;
+#    and SAIL-PR steps with LoRA r = 64 on a ~8B Llama built from a config, peak GPU memory;
 # 3. the embedded task end to end on the GPU (bf16 autocast by default), then the same under torchrun with one
 #    process (the NCCL process group; one GPU cannot hold two NCCL ranks), with DDP and with --fsdp.
 #
