@@ -614,41 +614,29 @@ class Args:
     reward_model: Optional[str] = arg(None, "hub id, folder or .gguf file of a sequence-classifier reward model")
     reward_fn: Optional[str] = arg(None, "oracle f(prompts, responses) -> list of scores: module:func or file.py:func")
     reward_batch_size: int = arg(16, "responses scored per reward-model forward", GE1)
-    max_prompt_length: Optional[int] = arg(None, "prompts lose their beginning beyond this (default: the context minus "
-        "--max-new-tokens, ≤ 512)", GE1)
+    max_prompt_length: Optional[int] = arg(None, "prompt tokens kept, the last ones (default: fit to the context)", GE1)
 
     # algorithm
-    design: Literal[DESIGNS] = arg("sail-pr", "which pairs and labels are used; see the module docstring")
-    loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "pairwise loss ℓ(Δ): dpo (sigmoid); ipo (IPO Eq. 17, "
-        "on summed log-probs); ipo-token (TRL's IPO, per token); slic (TRL's hinge max(0, 1 − βΔ), not SLiC-HF's loss)")
-    beta: Optional[float] = arg(None, "β, the KL strength of the lower level and the scale of the implicit reward "
-        "(default: 0.1; 1.0 with --loss slic, so that its hinge asks for SLiC-HF's margin of 1 nat, not 10)", GT0)
-    dp_fraction: Optional[float] = arg(None, "r: fraction of DP examples, dataset pairs relabelled by the policy "
-        f"(default: {PAPER_FRACTIONS['dp']} in sail-dp, {MIX_SCALE} × that in mix)", UNIT)
+    design: Literal[DESIGNS] = arg("sail-pr", f"pairs and labels (module docstring); mix takes {MIX_SCALE} × r, p, g")
+    loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "ℓ(Δ): sigmoid; IPO's, summed or per token; a hinge")
+    beta: Optional[float] = arg(None, "β, the KL strength and implicit reward scale (default: 0.1; 1.0 for slic)", GT0)
+    dp_fraction: Optional[float] = arg(None, f"r: fraction of DP examples (default: {PAPER_FRACTIONS['dp']})", UNIT)
     dp_coef: float = arg(0.2, "ρ: coefficient of the label term (3) on DP examples", UNIT)
-    pp_fraction: Optional[float] = arg(None, "p: fraction of PP examples, sampled from and labelled by the policy "
-        f"(default: {PAPER_FRACTIONS['pp']} in sail-pp, {MIX_SCALE} × that in mix)", UNIT)
+    pp_fraction: Optional[float] = arg(None, f"p: fraction of PP examples (default: {PAPER_FRACTIONS['pp']})", UNIT)
     pp_coef: float = arg(0.2, "coefficient of terms (2) and (3) on PP examples (the paper writes it π)", UNIT)
-    pr_fraction: Optional[float] = arg(None, "g: fraction of PR examples, sampled from the policy and labelled by the "
-        f"oracle (default: {PAPER_FRACTIONS['pr']} in online-dpo and sail-pr, {MIX_SCALE} × that in mix)", UNIT)
+    pr_fraction: Optional[float] = arg(None, f"g: fraction of PR examples (default: {PAPER_FRACTIONS['pr']})", UNIT)
     pr_coef: float = arg(0.3, "γ: coefficient of the response term (2) on PR examples (0 for online-dpo)", UNIT)
     baseline: Literal["loo", "none"] = arg("loo", "baseline b of term (2): leave-one-out mean of ℓ, or none")
-    oracle_label: Literal["sample", "argmax"] = arg("argmax", "the higher of the oracle's scores (ties a coin flip), "
-        "or a Bradley-Terry draw, which takes the scores as logits (README, \"A real model\")")
-    self_labels: Literal["sample", "expect"] = arg("expect", "labels of DP and PP examples: sample (a draw from "
-        "P_θ, the paper's) or expect (the loss's expectation over the label, §6b; better for every design: README)")
-    revkl_coef: Optional[float] = arg(None, "λ of the SAIL-RevKL penalty: λ × the exact next-token KL(pi_ref ‖ pi_θ) "
-        f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, else 0)", GE0)
+    oracle_label: Literal["sample", "argmax"] = arg("argmax", "the higher oracle score wins, or a Bradley-Terry draw")
+    self_labels: Literal["sample", "expect"] = arg("expect", "DP and PP labels: a draw from P_θ, or its expectation")
+    revkl_coef: Optional[float] = arg(None, f"λ of the KL(pi_ref ‖ pi_θ) penalty (default: {REVKL_DEFAULTS}; 0)", GE0)
 
     # sampling
-    max_new_tokens: Optional[int] = arg(None, "tokens generated per response, and the length dataset responses are cut "
-        "to (default: 24 on the embedded task; with --model, 128 or a quarter of its context if that is less)", GE1)
-    temperature: float = arg(1.0, "sampling temperature; term (2) is unbiased only at 1.0 (and bf16 sampling "
-        "draws from a slightly different distribution than the fp32 log-probs that it differentiates)", GT0)
+    max_new_tokens: Optional[int] = arg(None, "response tokens (default: 24; with --model ≤ 128, fit to context)", GE1)
+    temperature: float = arg(1.0, "sampling temperature; term (2) is unbiased only at 1.0", GT0)
     top_p: float = arg(1.0, "nucleus sampling; term (2) is unbiased only at 1.0", "(0, 1]")
     top_k: int = arg(0, "top-k sampling, 0 = off; term (2) is unbiased only at 0", GE0)
-    static_cache: Literal["auto", "on", "off"] = arg("auto", "generate with a static KV cache (CUDA graphs on a GPU): "
-        "auto = on for CUDA where the model supports it, off elsewhere (README \"Generation on a GPU\")")
+    static_cache: Literal["auto", "on", "off"] = arg("auto", "static KV cache and CUDA graphs; auto = on for CUDA")
 
     # optimizer
     lr: Optional[float] = arg(None, "AdamW learning rate (default: 1e-4 on the embedded task, 5e-7 with --model)", GE0)
@@ -662,15 +650,12 @@ class Args:
     # LoRA adapters (with the peft package, imported only then)
     lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off", GE0)
     lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight", GT0)
-    lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05); the labelers and the bilevel "
-        "terms reuse the training forward, which it makes random (the rest of the model has none)", "[0, 1)")
-    lora_target_modules: str = arg("all-linear", "modules that get adapters: all-linear (every linear layer but the "
-        "output head) or comma-separated names, e.g. q_proj,k_proj,v_proj,o_proj,up_proj,gate_proj,down_proj")
+    lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05; README, \"LoRA\")", "[0, 1)")
+    lora_target_modules: str = arg("all-linear", "modules with adapters: all-linear or names, e.g. q_proj,v_proj")
 
     # precision and memory
     device: Optional[str] = arg(None, "cuda, mps or cpu; None = the first available in that order")
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "autocast: auto = bf16 on CUDA (fp16 and a GradScaler "
-        "without bf16), fp32 elsewhere")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "autocast: auto = bf16 (fp16) on CUDA, else fp32")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (generation keeps its cache)")
     fsdp: bool = arg(False, "under torchrun: shard weights, gradients and AdamW state over the ranks (FSDP2), not DDP")
 
