@@ -64,8 +64,11 @@ from __future__ import annotations  # the algorithm comes first and names Args, 
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import functools
+import hashlib
+import importlib
 import json
 import math
 import numbers
@@ -73,6 +76,7 @@ import os
 import pathlib
 import random
 import re
+import runpy
 import shutil
 import signal
 import sys
@@ -694,18 +698,16 @@ def parse_args(argv=None) -> Args:
 
 
 def in_bounds(value, bounds: str) -> bool:
-    """Whether value lies in the interval `bounds`, "[0, 1)" or "(0, inf)" for example."""
+    """Whether value lies in the interval `bounds`, "[0, 1)" or "(0, inf)" for example (NaN lies in none)."""
     low, high = (float(x) for x in bounds[1:-1].split(","))
-    return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else
-                                                                    value < high)
+    return (low < value or bounds[0] == "[" and low == value) and (value < high or bounds[-1] == "]" and value == high)
 
 
 def validate(args: Args) -> Args:
     """Fill the defaults that depend on the task, check the flags once, and return the args."""
     embedded = args.model is None
-    run_name = "embedded" if embedded else f"{os.path.basename(args.model.rstrip('/'))}-{args.design}"
     defaults = {  # of the flags left at None
-        "output_dir": os.path.join("runs", run_name),
+        "output_dir": "runs/" + ("embedded" if embedded else f"{pathlib.Path(args.model).name}-{args.design}"),
         "lr": 1e-4 if embedded else 5e-7,
         "max_new_tokens": 24 if embedded else None,  # with --model, fit_context sizes it to the model's context
         "revkl_coef": REVKL_DEFAULTS.get(args.design, 0.0),  # chosen from the study in the README, "Stability"
@@ -882,6 +884,14 @@ class RunError(Exception):
     """A problem the user can fix (bad input, flags, a diverged run): one line, no traceback, exit code 2."""
 
 
+def need(package: str, what: str):
+    """Import an optional package, or a RunError that says what needs it and how to install it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise RunError(f"{what} needs the {package} package: pip install {package}") from None
+
+
 def from_pretrained(auto_class, name: str, **kwargs):
     """auto_class.from_pretrained(name), with a RunError that says what is wrong when it cannot be loaded. A name
     ending in .gguf is a GGUF file (llama.cpp's format): read from its folder with the gguf package, dequantized."""
@@ -890,10 +900,7 @@ def from_pretrained(auto_class, name: str, **kwargs):
     if name.endswith(".gguf"):
         if not os.path.isfile(path):
             raise RunError(f"{name}: no such file (expected a GGUF model file)")
-        try:
-            import gguf  # noqa: F401  (transformers reads the file with it: an optional package, needed only here)
-        except ImportError:
-            raise RunError(f"{name}: a GGUF file needs the gguf package: pip install gguf") from None
+        need("gguf", f"{name}: a GGUF file")  # transformers reads the file with it
         path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
         import transformers  # NOTE: where it has GgufConfig, a model from a GGUF file stays marked as quantized
         # (model.hf_quantizer, config.quantization_config, is_quantized) unless dequantized at load: save_pretrained
@@ -967,9 +974,6 @@ def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
 
 def load_reward_fn(spec: str) -> Callable:
     """The oracle as a Python callable, from "package.module:function" or "path/to/file.py:function"."""
-    import importlib
-    import runpy
-
     module_name, _, function_name = spec.rpartition(":")
     try:
         namespace = runpy.run_path(module_name) if module_name.endswith(".py") else \
@@ -984,7 +988,6 @@ def load_reward_fn(spec: str) -> Callable:
 
 def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[float]:
     """The oracle's scores, checked: one finite number per response; anything else, or an exception, is a RunError."""
-    import copy
     stop = f"{when}: the oracle %s; stopped before any update, the last checkpoint is intact"
     try:  # copies: an oracle that changes its arguments must not change the prompts
         scores = oracle(copy.deepcopy(prompts), list(responses))
@@ -1051,24 +1054,22 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
         raise RunError(f"{source}: not a file, and loading split {split!r} from the hub failed: {e}") from None
 
 
-def split_transcripts(chosen: str, rejected: str, where: str) -> tuple[str, str, str]:
-    """HH-RLHF: the prompt is the shared start of both transcripts, up to and including its last Assistant tag."""
-    shared = len(os.path.commonprefix([chosen, rejected]))
-    cut = chosen.rfind(ASSISTANT_TAG, 0, shared)
-    if cut < 0:
-        raise RunError(f"{where}: 'chosen' and 'rejected' without a 'prompt' must be transcripts that share a "
-                         f"prompt ending with {ASSISTANT_TAG.strip()!r} (Anthropic HH-RLHF format)")
-    end = cut + len(ASSISTANT_TAG)
-    return chosen[:end], chosen[end:], rejected[end:]
-
-
-def split_conversations(chosen: list, rejected: list, where: str) -> tuple[list, list, list]:
-    """TRL's implicit prompt: the longest shared run of messages followed by an assistant message in both."""
+def split_prompt(chosen, rejected, where: str) -> tuple:
+    """(prompt, chosen, rejected) of a pair without a prompt. HH-RLHF transcripts: the shared start of both, up to and
+    including its last Assistant tag; conversations (TRL's implicit prompt): the longest shared run of messages
+    followed by an assistant message in both."""
+    if isinstance(chosen, str):
+        cut = chosen.rfind(ASSISTANT_TAG, 0, len(os.path.commonprefix([chosen, rejected])))
+        if cut < 0:
+            raise RunError(f"{where}: 'chosen' and 'rejected' without a 'prompt' must be transcripts that share a "
+                           f"prompt ending with {ASSISTANT_TAG.strip()!r} (Anthropic HH-RLHF format)")
+        end = cut + len(ASSISTANT_TAG)
+        return chosen[:end], chosen[end:], rejected[end:]
     for cut in range(min(len(chosen), len(rejected)) - 1, 0, -1):
         if chosen[:cut] == rejected[:cut] and chosen[cut]["role"] == rejected[cut]["role"] == "assistant":
             return chosen[:cut], chosen[cut:], rejected[cut:]
     raise RunError(f"{where}: 'chosen' and 'rejected' without a 'prompt' must be conversations that share the "
-                     "prompt messages and then differ from an assistant message on")
+                   "prompt messages and then differ from an assistant message on")
 
 
 def render_prompt(tok, messages: list[dict]) -> str:
@@ -1115,8 +1116,7 @@ def normalize_row(row: dict, tok, where: str) -> dict:
                        "all message lists (conversational format)")
     prompt, chosen, rejected = row.get("prompt"), row.get("chosen"), row.get("rejected")
     if prompt is None:
-        split = split_transcripts if isinstance(chosen, str) else split_conversations
-        prompt, chosen, rejected = split(chosen, rejected, where)
+        prompt, chosen, rejected = split_prompt(chosen, rejected, where)
     try:
         text = prompt if isinstance(prompt, str) else render_prompt(tok, prompt)  # standard text as given (as TRL)
         if isinstance(prompt, list) and chosen is not None:
@@ -1471,32 +1471,24 @@ def make_reporter(args: Args) -> Callable[[dict], None]:
     """TensorBoard or Weights & Biases logging, only when asked for (and installed)."""
     if args.report_to == "none":
         return lambda m: None
-    try:
-        if args.report_to == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter  # NOTE: opened at the first step, once the output
-            writer = functools.cache(lambda: SummaryWriter(os.path.join(args.output_dir, "tensorboard")))  # folder is
-            return lambda m: [writer().add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]  # ours
-        import wandb
-        run = functools.cache(lambda: wandb.init(project="bilevel_rlhf", config=dataclasses.asdict(args),
-                                                 dir=args.output_dir))
-        return lambda m: run().log(m, step=m["step"])
-    except ImportError:
-        raise RunError(f"--report-to {args.report_to} needs the {args.report_to} package: pip install "
-                       f"{args.report_to}") from None
+    package = need(args.report_to, f"--report-to {args.report_to}")
+    if args.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter  # NOTE: opened at the first step, once the output folder
+        writer = functools.cache(lambda: SummaryWriter(os.path.join(args.output_dir, "tensorboard")))  # is ours
+        return lambda m: [writer().add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]
+    run = functools.cache(lambda: package.init(project="bilevel_rlhf", config=dataclasses.asdict(args),
+                                               dir=args.output_dir))
+    return lambda m: run().log(m, step=m["step"])
 
 
 def add_lora(policy, args: Args):
     """The policy with LoRA adapters (peft), the only trainable parameters. The optimizer may still be given all of
     policy.parameters(): it skips a parameter whose .grad is None (torch.optim's zero_grad docs), with no state."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise RunError("--lora-r needs the peft package: pip install peft") from None
-    targets = args.lora_target_modules
-    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+    peft, targets = need("peft", "--lora-r"), args.lora_target_modules
+    config = peft.LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                         target_modules=targets if targets == "all-linear" else targets.split(","))
     try:
-        policy = get_peft_model(policy, config)
+        policy = peft.get_peft_model(policy, config)
     except ValueError as e:  # no module of the model matches
         raise RunError(f"--lora-target-modules {targets}: {e}") from None
     n_train, n_all = policy.get_nb_trainable_parameters()
@@ -1573,8 +1565,6 @@ def stop_requested(device) -> bool:
 # Putting it together
 
 def main(argv=None) -> dict:
-    import hashlib
-
     from transformers import set_seed
 
     args = parse_args(argv)
