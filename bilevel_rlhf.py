@@ -1176,9 +1176,9 @@ def load_preferences(args: Args, tok) -> tuple[list[dict], list[dict]]:
                                 args.max_new_tokens)
     print(f"{args.dataset}: {counts['rows']} rows; dropped {counts['empty']} empty, {counts['identical']} with "
           f"identical responses (as tokens, cut to --max-new-tokens), {counts['duplicates']} duplicates; "
-          f"{counts['long_prompts']} prompts are longer than "
-          f"{args.max_prompt_length} tokens and lose their beginning; {counts['long_responses']} pairs have a response "
-          f"longer than {args.max_new_tokens} tokens (--max-new-tokens), cut to that length")
+          f"{counts['long_prompts']} prompts are longer than {args.max_prompt_length} tokens and lose their beginning; "
+          f"{counts['long_responses']} pairs have a response longer than {args.max_new_tokens} tokens "
+          "(--max-new-tokens), cut to that length")
     if args.eval_split:  # a file of its own, or a split of the hub dataset (a data file has none)
         own_file = os.path.exists(args.eval_split) or os.path.isfile(args.dataset)
         source, split = (args.eval_split, "train") if own_file else (args.dataset, args.eval_split)
