@@ -633,7 +633,7 @@ class Args:
     baseline: Literal["loo", "none"] = arg("loo", "baseline b of term (2): leave-one-out mean of ℓ, or none")
     oracle_label: Literal["sample", "argmax"] = arg("argmax", "the higher oracle score wins, or a Bradley-Terry draw")
     self_labels: Literal["sample", "expect"] = arg("expect", "DP and PP labels: a draw from P_θ, or its expectation")
-    revkl_coef: Optional[float] = arg(None, f"λ of the KL(pi_ref ‖ pi_θ) penalty (default: {REVKL_DEFAULTS}; 0)", GE0)
+    revkl_coef: Optional[float] = arg(None, f"λ, the weight of the KL penalty (default: {REVKL_DEFAULTS}, else 0)", GE0)
 
     # sampling
     max_new_tokens: Optional[int] = arg(None, "response tokens (default: 24; with --model ≤ 128, fit to context)", GE1)
@@ -659,7 +659,7 @@ class Args:
 
     # precision and memory
     device: Optional[str] = arg(None, "cuda, mps or cpu; None = the first available in that order")
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "autocast: auto = bf16 (fp16) on CUDA, else fp32")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "auto = bf16 on CUDA (else fp16), fp32 elsewhere")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (generation keeps its cache)")
     fsdp: bool = arg(False, "under torchrun: shard weights, gradients and AdamW state over the ranks (FSDP2), not DDP")
 
@@ -1486,7 +1486,7 @@ def add_lora(policy, args: Args):
     policy.parameters(): it skips a parameter whose .grad is None (torch.optim's zero_grad docs), with no state."""
     peft, targets = need("peft", "--lora-r"), args.lora_target_modules
     config = peft.LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                        target_modules=targets if targets == "all-linear" else targets.split(","))
+                             target_modules=targets if targets == "all-linear" else targets.split(","))
     try:
         policy = peft.get_peft_model(policy, config)
     except ValueError as e:  # no module of the model matches
