@@ -58,8 +58,11 @@ from __future__ import annotations  # the algorithm comes first and names Args, 
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import functools
+import hashlib
+import importlib
 import json
 import math
 import numbers
@@ -67,6 +70,7 @@ import os
 import pathlib
 import random
 import re
+import runpy
 import shutil
 import signal
 import sys
@@ -608,41 +612,29 @@ class Args:
     reward_model: Optional[str] = arg(None, "hub id, folder or .gguf file of a sequence-classifier reward model")
     reward_fn: Optional[str] = arg(None, "oracle f(prompts, responses) -> list of scores: module:func or file.py:func")
     reward_batch_size: int = arg(16, "responses scored per reward-model forward", GE1)
-    max_prompt_length: Optional[int] = arg(None, "prompts lose their beginning beyond this (default: the context minus "
-        "--max-new-tokens, ≤ 512)", GE1)
+    max_prompt_length: Optional[int] = arg(None, "prompt tokens kept, the last ones (default: fit to the context)", GE1)
 
     # algorithm
-    design: Literal[DESIGNS] = arg("sail-pr", "which pairs and labels are used; see the module docstring")
-    loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "pairwise loss ℓ(Δ): dpo (sigmoid); ipo (IPO Eq. 17, "
-        "on summed log-probs); ipo-token (TRL's IPO, per token); slic (TRL's hinge max(0, 1 − βΔ), not SLiC-HF's loss)")
-    beta: Optional[float] = arg(None, "β, the KL strength of the lower level and the scale of the implicit reward "
-        "(default: 0.1; 1.0 with --loss slic, so that its hinge asks for SLiC-HF's margin of 1 nat, not 10)", GT0)
-    dp_fraction: Optional[float] = arg(None, "r: fraction of DP examples, dataset pairs relabelled by the policy "
-        f"(default: {PAPER_FRACTIONS['dp']} in sail-dp, {MIX_SCALE} × that in mix)", UNIT)
+    design: Literal[DESIGNS] = arg("sail-pr", f"pairs and labels (module docstring); mix takes {MIX_SCALE} × r, p, g")
+    loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "ℓ(Δ): sigmoid; IPO's, summed or per token; a hinge")
+    beta: Optional[float] = arg(None, "β, the KL strength and implicit reward scale (default: 0.1; 1.0 for slic)", GT0)
+    dp_fraction: Optional[float] = arg(None, f"r: fraction of DP examples (default: {PAPER_FRACTIONS['dp']})", UNIT)
     dp_coef: float = arg(0.2, "ρ: coefficient of the label term (3) on DP examples", UNIT)
-    pp_fraction: Optional[float] = arg(None, "p: fraction of PP examples, sampled from and labelled by the policy "
-        f"(default: {PAPER_FRACTIONS['pp']} in sail-pp, {MIX_SCALE} × that in mix)", UNIT)
+    pp_fraction: Optional[float] = arg(None, f"p: fraction of PP examples (default: {PAPER_FRACTIONS['pp']})", UNIT)
     pp_coef: float = arg(0.2, "coefficient of terms (2) and (3) on PP examples (the paper writes it π)", UNIT)
-    pr_fraction: Optional[float] = arg(None, "g: fraction of PR examples, sampled from the policy and labelled by the "
-        f"oracle (default: {PAPER_FRACTIONS['pr']} in online-dpo and sail-pr, {MIX_SCALE} × that in mix)", UNIT)
+    pr_fraction: Optional[float] = arg(None, f"g: fraction of PR examples (default: {PAPER_FRACTIONS['pr']})", UNIT)
     pr_coef: float = arg(0.3, "γ: coefficient of the response term (2) on PR examples (0 for online-dpo)", UNIT)
     baseline: Literal["loo", "none"] = arg("loo", "baseline b of term (2): leave-one-out mean of ℓ, or none")
-    oracle_label: Literal["sample", "argmax"] = arg("argmax", "the higher of the oracle's scores (ties a coin flip), "
-        "or a Bradley-Terry draw, which takes the scores as logits (README, \"A real model\")")
-    self_labels: Literal["sample", "expect"] = arg("expect", "labels of DP and PP examples: sample (a draw from "
-        "P_θ, the paper's) or expect (the loss's expectation over the label, §6b; better for every design: README)")
-    revkl_coef: Optional[float] = arg(None, "λ of the SAIL-RevKL penalty: λ × the exact next-token KL(pi_ref ‖ pi_θ) "
-        f"over the vocabulary, averaged over the batch's response positions (default: {REVKL_DEFAULTS}, else 0)", GE0)
+    oracle_label: Literal["sample", "argmax"] = arg("argmax", "the higher oracle score wins, or a Bradley-Terry draw")
+    self_labels: Literal["sample", "expect"] = arg("expect", "DP and PP labels: a draw from P_θ, or its expectation")
+    revkl_coef: Optional[float] = arg(None, f"λ, the weight of the KL penalty (default: {REVKL_DEFAULTS}, else 0)", GE0)
 
     # sampling
-    max_new_tokens: Optional[int] = arg(None, "tokens generated per response, and the length dataset responses are cut "
-        "to (default: 24 on the embedded task; with --model, 128 or a quarter of its context if that is less)", GE1)
-    temperature: float = arg(1.0, "sampling temperature; term (2) is unbiased only at 1.0 (and bf16 sampling "
-        "draws from a slightly different distribution than the fp32 log-probs that it differentiates)", GT0)
+    max_new_tokens: Optional[int] = arg(None, "response tokens (default: 24; with --model ≤ 128, fit to context)", GE1)
+    temperature: float = arg(1.0, "sampling temperature; term (2) is unbiased only at 1.0", GT0)
     top_p: float = arg(1.0, "nucleus sampling; term (2) is unbiased only at 1.0", "(0, 1]")
     top_k: int = arg(0, "top-k sampling, 0 = off; term (2) is unbiased only at 0", GE0)
-    static_cache: Literal["auto", "on", "off"] = arg("auto", "generate with a static KV cache (CUDA graphs on a GPU): "
-        "auto = on for CUDA where the model supports it, off elsewhere (README \"Generation on a GPU\")")
+    static_cache: Literal["auto", "on", "off"] = arg("auto", "static KV cache and CUDA graphs; auto = on for CUDA")
 
     # optimizer
     lr: Optional[float] = arg(None, "AdamW learning rate (default: 1e-4 on the embedded task, 5e-7 with --model)", GE0)
@@ -656,15 +648,12 @@ class Args:
     # LoRA adapters (with the peft package, imported only then)
     lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off", GE0)
     lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight", GT0)
-    lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05); the labelers and the bilevel "
-        "terms reuse the training forward, which it makes random (the rest of the model has none)", "[0, 1)")
-    lora_target_modules: str = arg("all-linear", "modules that get adapters: all-linear (every linear layer but the "
-        "output head) or comma-separated names, e.g. q_proj,k_proj,v_proj,o_proj,up_proj,gate_proj,down_proj")
+    lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05; README, \"LoRA\")", "[0, 1)")
+    lora_target_modules: str = arg("all-linear", "modules with adapters: all-linear or names, e.g. q_proj,v_proj")
 
     # precision and memory
     device: Optional[str] = arg(None, "cuda, mps or cpu; None = the first available in that order")
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "autocast: auto = bf16 on CUDA (fp16 and a GradScaler "
-        "without bf16), fp32 elsewhere")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "auto = bf16 on CUDA (else fp16), fp32 elsewhere")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (generation keeps its cache)")
     fsdp: bool = arg(False, "under torchrun: shard weights, gradients and AdamW state over the ranks (FSDP2), not DDP")
 
@@ -703,18 +692,16 @@ def parse_args(argv=None) -> Args:
 
 
 def in_bounds(value, bounds: str) -> bool:
-    """Whether value lies in the interval `bounds`, "[0, 1)" or "(0, inf)" for example."""
+    """Whether value lies in the interval `bounds`, "[0, 1)" or "(0, inf)" for example (NaN lies in none)."""
     low, high = (float(x) for x in bounds[1:-1].split(","))
-    return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else
-                                                                    value < high)
+    return (low < value or bounds[0] == "[" and low == value) and (value < high or bounds[-1] == "]" and value == high)
 
 
 def validate(args: Args) -> Args:
     """Fill the defaults that depend on the task, check the flags once, and return the args."""
     embedded = args.model is None
-    run_name = "embedded" if embedded else f"{os.path.basename(args.model.rstrip('/'))}-{args.design}"
     defaults = {  # of the flags left at None
-        "output_dir": os.path.join("runs", run_name),
+        "output_dir": "runs/" + ("embedded" if embedded else f"{pathlib.Path(args.model).name}-{args.design}"),
         "lr": 1e-4 if embedded else 5e-7,
         "max_new_tokens": 24 if embedded else None,  # with --model, fit_context sizes it to the model's context
         "revkl_coef": REVKL_DEFAULTS.get(args.design, 0.0),  # chosen from the study in the README, "Stability"
@@ -891,6 +878,14 @@ class RunError(Exception):
     """A problem the user can fix (bad input, flags, a diverged run): one line, no traceback, exit code 2."""
 
 
+def need(package: str, what: str):
+    """Import an optional package, or a RunError that says what needs it and how to install it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise RunError(f"{what} needs the {package} package: pip install {package}") from None
+
+
 def from_pretrained(auto_class, name: str, **kwargs):
     """auto_class.from_pretrained(name), with a RunError that says what is wrong when it cannot be loaded. A name
     ending in .gguf is a GGUF file (llama.cpp's format): read from its folder with the gguf package, dequantized."""
@@ -899,10 +894,7 @@ def from_pretrained(auto_class, name: str, **kwargs):
     if name.endswith(".gguf"):
         if not os.path.isfile(path):
             raise RunError(f"{name}: no such file (expected a GGUF model file)")
-        try:
-            import gguf  # noqa: F401  (transformers reads the file with it: an optional package, needed only here)
-        except ImportError:
-            raise RunError(f"{name}: a GGUF file needs the gguf package: pip install gguf") from None
+        need("gguf", f"{name}: a GGUF file")  # transformers reads the file with it
         path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
         import transformers  # NOTE: where it has GgufConfig, a model from a GGUF file stays marked as quantized
         # (model.hf_quantizer, config.quantization_config, is_quantized) unless dequantized at load: save_pretrained
@@ -976,9 +968,6 @@ def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
 
 def load_reward_fn(spec: str) -> Callable:
     """The oracle as a Python callable, from "package.module:function" or "path/to/file.py:function"."""
-    import importlib
-    import runpy
-
     module_name, _, function_name = spec.rpartition(":")
     try:
         namespace = runpy.run_path(module_name) if module_name.endswith(".py") else \
@@ -993,7 +982,6 @@ def load_reward_fn(spec: str) -> Callable:
 
 def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[float]:
     """The oracle's scores, checked: one finite number per response; anything else, or an exception, is a RunError."""
-    import copy
     stop = f"{when}: the oracle %s; stopped before any update, the last checkpoint is intact"
     try:  # copies: an oracle that changes its arguments must not change the prompts
         scores = oracle(copy.deepcopy(prompts), list(responses))
@@ -1060,24 +1048,22 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
         raise RunError(f"{source}: not a file, and loading split {split!r} from the hub failed: {e}") from None
 
 
-def split_transcripts(chosen: str, rejected: str, where: str) -> tuple[str, str, str]:
-    """HH-RLHF: the prompt is the shared start of both transcripts, up to and including its last Assistant tag."""
-    shared = len(os.path.commonprefix([chosen, rejected]))
-    cut = chosen.rfind(ASSISTANT_TAG, 0, shared)
-    if cut < 0:
-        raise RunError(f"{where}: 'chosen' and 'rejected' without a 'prompt' must be transcripts that share a "
-                         f"prompt ending with {ASSISTANT_TAG.strip()!r} (Anthropic HH-RLHF format)")
-    end = cut + len(ASSISTANT_TAG)
-    return chosen[:end], chosen[end:], rejected[end:]
-
-
-def split_conversations(chosen: list, rejected: list, where: str) -> tuple[list, list, list]:
-    """TRL's implicit prompt: the longest shared run of messages followed by an assistant message in both."""
+def split_prompt(chosen, rejected, where: str) -> tuple:
+    """(prompt, chosen, rejected) of a pair without a prompt. HH-RLHF transcripts: the shared start of both, up to and
+    including its last Assistant tag; conversations (TRL's implicit prompt): the longest shared run of messages
+    followed by an assistant message in both."""
+    if isinstance(chosen, str):
+        cut = chosen.rfind(ASSISTANT_TAG, 0, len(os.path.commonprefix([chosen, rejected])))
+        if cut < 0:
+            raise RunError(f"{where}: 'chosen' and 'rejected' without a 'prompt' must be transcripts that share a "
+                           f"prompt ending with {ASSISTANT_TAG.strip()!r} (Anthropic HH-RLHF format)")
+        end = cut + len(ASSISTANT_TAG)
+        return chosen[:end], chosen[end:], rejected[end:]
     for cut in range(min(len(chosen), len(rejected)) - 1, 0, -1):
         if chosen[:cut] == rejected[:cut] and chosen[cut]["role"] == rejected[cut]["role"] == "assistant":
             return chosen[:cut], chosen[cut:], rejected[cut:]
     raise RunError(f"{where}: 'chosen' and 'rejected' without a 'prompt' must be conversations that share the "
-                     "prompt messages and then differ from an assistant message on")
+                   "prompt messages and then differ from an assistant message on")
 
 
 def render_prompt(tok, messages: list[dict]) -> str:
@@ -1124,8 +1110,7 @@ def normalize_row(row: dict, tok, where: str) -> dict:
                        "all message lists (conversational format)")
     prompt, chosen, rejected = row.get("prompt"), row.get("chosen"), row.get("rejected")
     if prompt is None:
-        split = split_transcripts if isinstance(chosen, str) else split_conversations
-        prompt, chosen, rejected = split(chosen, rejected, where)
+        prompt, chosen, rejected = split_prompt(chosen, rejected, where)
     try:
         text = prompt if isinstance(prompt, str) else render_prompt(tok, prompt)  # standard text as given (as TRL)
         if isinstance(prompt, list) and chosen is not None:
@@ -1185,9 +1170,9 @@ def load_preferences(args: Args, tok) -> tuple[list[dict], list[dict]]:
                                 args.max_new_tokens)
     print(f"{args.dataset}: {counts['rows']} rows; dropped {counts['empty']} empty, {counts['identical']} with "
           f"identical responses (as tokens, cut to --max-new-tokens), {counts['duplicates']} duplicates; "
-          f"{counts['long_prompts']} prompts are longer than "
-          f"{args.max_prompt_length} tokens and lose their beginning; {counts['long_responses']} pairs have a response "
-          f"longer than {args.max_new_tokens} tokens (--max-new-tokens), cut to that length")
+          f"{counts['long_prompts']} prompts are longer than {args.max_prompt_length} tokens and lose their beginning; "
+          f"{counts['long_responses']} pairs have a response longer than {args.max_new_tokens} tokens "
+          "(--max-new-tokens), cut to that length")
     if args.eval_split:  # a file of its own, or a split of the hub dataset (a data file has none)
         own_file = os.path.exists(args.eval_split) or os.path.isfile(args.dataset)
         source, split = (args.eval_split, "train") if own_file else (args.dataset, args.eval_split)
@@ -1480,32 +1465,24 @@ def make_reporter(args: Args) -> Callable[[dict], None]:
     """TensorBoard or Weights & Biases logging, only when asked for (and installed)."""
     if args.report_to == "none":
         return lambda m: None
-    try:
-        if args.report_to == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter  # NOTE: opened at the first step, once the output
-            writer = functools.cache(lambda: SummaryWriter(os.path.join(args.output_dir, "tensorboard")))  # folder is
-            return lambda m: [writer().add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]  # ours
-        import wandb
-        run = functools.cache(lambda: wandb.init(project="bilevel_rlhf", config=dataclasses.asdict(args),
-                                                 dir=args.output_dir))
-        return lambda m: run().log(m, step=m["step"])
-    except ImportError:
-        raise RunError(f"--report-to {args.report_to} needs the {args.report_to} package: pip install "
-                       f"{args.report_to}") from None
+    package = need(args.report_to, f"--report-to {args.report_to}")
+    if args.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter  # NOTE: opened at the first step, once the output folder
+        writer = functools.cache(lambda: SummaryWriter(os.path.join(args.output_dir, "tensorboard")))  # is ours
+        return lambda m: [writer().add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"]
+    run = functools.cache(lambda: package.init(project="bilevel_rlhf", config=dataclasses.asdict(args),
+                                               dir=args.output_dir))
+    return lambda m: run().log(m, step=m["step"])
 
 
 def add_lora(policy, args: Args):
     """The policy with LoRA adapters (peft), the only trainable parameters. The optimizer may still be given all of
     policy.parameters(): it skips a parameter whose .grad is None (torch.optim's zero_grad docs), with no state."""
+    peft, targets = need("peft", "--lora-r"), args.lora_target_modules
+    config = peft.LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                             target_modules=targets if targets == "all-linear" else targets.split(","))
     try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise RunError("--lora-r needs the peft package: pip install peft") from None
-    targets = args.lora_target_modules
-    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                        target_modules=targets if targets == "all-linear" else targets.split(","))
-    try:
-        policy = get_peft_model(policy, config)
+        policy = peft.get_peft_model(policy, config)
     except ValueError as e:  # no module of the model matches
         raise RunError(f"--lora-target-modules {targets}: {e}") from None
     n_train, n_all = policy.get_nb_trainable_parameters()
@@ -1582,8 +1559,6 @@ def stop_requested(device) -> bool:
 # Putting it together
 
 def main(argv=None) -> dict:
-    import hashlib
-
     from transformers import set_seed
 
     args = parse_args(argv)
