@@ -96,7 +96,7 @@ from tqdm.auto import tqdm
 DESIGNS = ("dpo", "online-dpo", "sail-pr", "sail-pp", "sail-dp", "mix")
 SOURCES = ("offline", "dp", "pp", "pr")  # where an example's pair and label come from (ALGORITHM.md §4)
 OFFLINE, DP, PP, PR = range(4)
-REVKL_DEFAULTS = {"sail-pp": 0.1, "sail-dp": 0.1}  # --revkl-coef λ by design, 0 for the others (README, "Stability")
+REVKL_DEFAULTS = {"sail-pp": 0.1, "sail-dp": 0.1}  # --revkl-coef λ by design, 0 for the others (docs/study.md)
 PAPER_FRACTIONS = {"dp": 0.4, "pp": 0.3, "pr": 0.3}  # r, p, g: each design's share of DP, PP, PR examples
 MIX_SCALE = 0.6  # mix routes 0.6 × (r, p, g): 40% of its examples keep their dataset label (the paper's keep none)
 STREAMS = ("route", "sample", "oracle", "self")  # independent random streams of a rollout (ALGORITHM.md §6c)
@@ -605,7 +605,7 @@ class Args:
 
     # model and data
     model: Optional[str] = arg(None, "hub id, folder or .gguf file of a causal LM; None = the embedded task")
-    dataset: Optional[str] = arg(None, "preference data for --model: a .jsonl/.json file or a hub dataset id (README)")
+    dataset: Optional[str] = arg(None, "preference data for --model: a .jsonl/.json file or a hub dataset id")
     dataset_split: str = arg("train", "split of a hub dataset used for training")
     eval_split: Optional[str] = arg(None, "eval prompts: a hub split or a file; None = hold out --eval-fraction")
     eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation without --eval-split", "[0, 1)")
@@ -648,7 +648,7 @@ class Args:
     # LoRA adapters (with the peft package, imported only then)
     lora_r: int = arg(0, "rank of LoRA adapters, then the only weights that train (pi_ref: adapters off); 0 = off", GE0)
     lora_alpha: float = arg(16.0, "LoRA scale: the adapters add (alpha / r) B A to each targeted weight", GT0)
-    lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05; README, \"LoRA\")", "[0, 1)")
+    lora_dropout: float = arg(0.0, "dropout on the adapters' input (the paper: 0.05; docs/scaling.md)", "[0, 1)")
     lora_target_modules: str = arg("all-linear", "modules with adapters: all-linear or names, e.g. q_proj,v_proj")
 
     # precision and memory
@@ -704,7 +704,7 @@ def validate(args: Args) -> Args:
         "output_dir": "runs/" + ("embedded" if embedded else f"{pathlib.Path(args.model).name}-{args.design}"),
         "lr": 1e-4 if embedded else 5e-7,
         "max_new_tokens": 24 if embedded else None,  # with --model, fit_context sizes it to the model's context
-        "revkl_coef": REVKL_DEFAULTS.get(args.design, 0.0),  # chosen from the study in the README, "Stability"
+        "revkl_coef": REVKL_DEFAULTS.get(args.design, 0.0),  # chosen from the study: docs/study.md, "Stability"
         **{f"{s}_fraction": f * (MIX_SCALE if args.design == "mix" else 1.0) for s, f in PAPER_FRACTIONS.items()},
         "beta": 1.0 if args.loss == "slic" else 0.1,
         "device": "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"}
@@ -738,7 +738,7 @@ def validate(args: Args) -> Args:
          f"--design {args.design} needs offline pairs (self-labels alone carry no signal): use a fraction below 1"),
         (args.resume and args.overwrite, "--resume and --overwrite contradict each other"),
         (args.fsdp and args.lora_r, "--fsdp and --lora-r: choose one (LoRA fits about 19B parameters on one 80 GiB "
-         "GPU without sharding, README \"What fits where\"; FSDP trains every weight)"),
+         "GPU without sharding, docs/scaling.md \"What fits where\"; FSDP trains every weight)"),
         (args.fsdp and args.dtype == "fp16", "--fsdp runs in bf16 or fp32: --dtype fp16 needs a GradScaler that "
          "FSDP2's sharded gradients are not tested with"),
         (args.fsdp and "RANK" not in os.environ, "--fsdp shards over torchrun's processes: launch it with torchrun")]
@@ -1087,8 +1087,8 @@ def render_response(tok, messages: list[dict], prompt_text: str, response: list[
 
 
 def normalize_row(row: dict, tok, where: str) -> dict:
-    """One row in any format of the README (standard, conversational, implicit prompt, prompt only) -> {"prompt": str,
-    "raw_prompt": str | list[dict], "chosen": str | None, "rejected": str | None}, message lists rendered with the
+    """One row in any format of docs/usage.md (standard, conversational, implicit prompt, prompt only) -> {"prompt":
+    str, "raw_prompt": str | list[dict], "chosen": str | None, "rejected": str | None}, message lists rendered with the
     chat template; `where` ("prefs.jsonl:12") goes into every error message."""
     present = [key for key in ("prompt", "chosen", "rejected") if key in row]
     if ("chosen" in row) != ("rejected" in row):
@@ -1520,7 +1520,7 @@ def shard(model, device: torch.device, amp_dtype: torch.dtype):
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=mixed)
     fully_shard(model, mesh=mesh, mp_policy=mixed)
-    # NOTE: no register_fsdp_forward_method(model, "generate"): with `gathered` it desynchronizes the ranks (README)
+    # NOTE: no register_fsdp_forward_method(model, "generate"): with `gathered` it desynchronizes the ranks (docs)
     return model
 
 
