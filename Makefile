@@ -28,7 +28,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
 compare: $(VENV)/.bench-installed  # the study on the embedded task, 3 seeds (ARGS="--part designs": one part; --quick: 1 seed)
 	$(PY) benchmarks/compare.py --jobs 2 $(ARGS)
 
-study-real: $(VENV)/.bench-installed  # the six designs on SmolLM2-135M-Instruct toward VADER, 3 seeds (~80 min)
+study-real: $(VENV)/.bench-installed  # the six designs on SmolLM2-135M-Instruct toward VADER, 3 seeds (~75 min)
 	$(PY) benchmarks/study_real.py --jobs 2 $(ARGS)
 
 bench: $(VENV)/.bench-installed  # side by side with TRL's OnlineDPOTrainer (ARGS=--quick for a smoke run)

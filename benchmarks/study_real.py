@@ -16,7 +16,7 @@ embedded task, with the demo's model, oracle and prompts (benchmarks/demo.py).
    temperature 1, before training and every --eval-every steps: the gold reward (VADER) of the policy's sample, the
    win rate against the reference's (the same seed, ties half), the Monte-Carlo KL(π_θ ‖ π_ref).
 
-    python benchmarks/study_real.py --jobs 2        # 6 designs x 3 seeds (about 80 minutes on an idle 2-core CPU)
+    python benchmarks/study_real.py --jobs 2        # 6 designs x 3 seeds (73 minutes on a 2-core CPU)
     python benchmarks/study_real.py --seeds 1       # one seed
 
 A finished run is kept (runs/study-real/DESIGN-sSEED/result.json) and not trained again with the same flags (a
