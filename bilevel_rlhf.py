@@ -615,7 +615,7 @@ class Args:
     max_prompt_length: Optional[int] = arg(None, "prompt tokens kept, the last ones (default: fit to the context)", GE1)
 
     # algorithm
-    design: Literal[DESIGNS] = arg("sail-pr", f"pairs and labels (module docstring); mix takes {MIX_SCALE} × r, p, g")
+    design: Literal[DESIGNS] = arg("sail-pr", f"pairs and labels (the README's table); mix takes {MIX_SCALE} × r, p, g")
     loss: Literal["dpo", "ipo", "ipo-token", "slic"] = arg("dpo", "ℓ(Δ): sigmoid; IPO's, summed or per token; a hinge")
     beta: Optional[float] = arg(None, "β, the KL strength and implicit reward scale (default: 0.1; 1.0 for slic)", GT0)
     dp_fraction: Optional[float] = arg(None, f"r: fraction of DP examples (default: {PAPER_FRACTIONS['dp']})", UNIT)
