@@ -10,21 +10,23 @@ r_θ = β log(pi_θ/pi_ref) and the two levels collapse into one objective over 
 
     J(θ) = E_x E_{(y1,y2) ~ q_θ(·|x)} E_{z ~ P_θ(·|x,y1,y2)} [ −ℓ(Δ_θ) ]
 
-    q_θ   the distribution of the pair of responses: the dataset's pair, or two samples of pi_θ(·|x)
+    q_θ   the distribution of the pair of responses: the dataset's pair, two samples of pi_θ(·|x), or the best and
+          the worst by an oracle's scores of k samples of pi_θ(·|x)
     P_θ   the distribution of the label z (y1 ≻ y2 or y2 ≻ y1): the dataset's, an oracle's (a reward model or a
-          function, Bradley-Terry on its scores), or the policy's own, P_θ(y1 ≻ y2) = σ(r_θ(x, y1) − r_θ(x, y2))
+          function: the higher score wins), or the policy's own, P_θ(y1 ≻ y2) = σ(r_θ(x, y1) − r_θ(x, y2))
     ℓ(Δ)  the pairwise loss (DPO, IPO or SLiC) of the margin Δ_θ = (log-ratio of y_w) − (log-ratio of y_l), where the
           log-ratio of y is log pi_θ(y|x) − log pi_ref(y|x) and y_w is the preferred response (§1, §2)
 
 Each example comes from one of four sources, named by where its responses and its label come from:
 
     offline  the dataset's pair and label           DP  the Dataset's pair, labelled by the Policy
-    PP       two Policy samples, labelled by it      PR  two Policy samples, labelled by a Reward oracle
+    PP       two Policy samples, labelled by it      PR  Policy samples (k, --num-samples), labelled by a Reward oracle
 
 By the log-derivative trick, ∇J is the sum of three terms (§5), each estimated from one sampled (x, y1, y2, z):
 
     (1)  −∇ℓ(Δ_θ)                                       the DPO/IPO/SLiC gradient, on every example
-    (2)  −ℓ · ∇[log pi_θ(y1|x) + log pi_θ(y2|x)]         the response term, where q_θ depends on θ (PP, PR)
+    (2)  −ℓ · ∇ log q_θ = −ℓ · Σ_j ∇ log pi_θ(y_j|x)     the response term, where q_θ depends on θ (PP, PR): over
+                                                        every sample the pair was picked from, kept or not (§4)
     (3)  −ℓ · ∇ log P_θ(z)                               the label term, where P_θ depends on θ (DP, PP)
 
 Terms (2) and (3) carry the coefficient c in [0, 1] of the example's source. c = 1 follows ∇J; c = 0 drops them: on PR
@@ -36,10 +38,12 @@ mix) chooses the sources and their coefficients: the README's table lists them w
 One training step, on each micro-batch of examples: the paper's algorithm box, one function for each part.
 
     make_rollout   1. route       each example to offline, DP, PP or PR, with the design's probabilities
-                   2. respond     two samples of pi_θ for PP and PR examples, the dataset's pair for the others
-                   3. label       PR pairs by the oracle; offline and DP pairs carry the dataset's label
+                   2. respond     k samples of pi_θ for PR examples, two for PP, the dataset's pair for the others
+                   3. label       PR: the best- and the worst-scored sample, labelled by the oracle (the higher score
+                                  wins); offline and DP pairs carry the dataset's label
     rollout_loss   4. score       log pi_θ(y|x) and log pi_ref(y|x) of every response (and KL_t for the penalty)
-                   5. self-label  DP and PP pairs by a draw from P_θ, the policy's own Bradley-Terry model
+                   5. self-label  DP and PP pairs by P_θ, the policy's own Bradley-Terry model: in expectation over
+                                  the label (the default), or by a draw from it
                    6. loss        ℓ(Δ) of each pair in its label's order plus terms (2) and (3) with its source's c
                                   (sail_loss), plus λ × the KL(pi_ref ‖ pi_θ) penalty of SAIL-RevKL (§6)
     train          7. update      backward, clip, AdamW step; around it: accumulation, logging, checkpoints
@@ -90,8 +94,9 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-# Shapes used in comments: B pairs (prompts) in a micro-batch, P prompt tokens, R response tokens, T = P + R,
-# V vocabulary. Chosen and rejected (or the two samples y1, y2) are stacked into 2B rows: [y1 of all B; y2 of all B].
+# Shapes used in comments: B examples (prompts, pairs) in a micro-batch, N responses of theirs (the pairs and any
+# unkept samples), P prompt tokens, R response tokens, T = P + R, V vocabulary. Responses are rows: `example` (N,)
+# maps each to its example, `pair` (B, 2) each example to the rows of its (y1, y2); nothing assumes a count per example.
 
 DESIGNS = ("dpo", "online-dpo", "sail-pr", "sail-pp", "sail-dp", "mix")
 SOURCES = ("offline", "dp", "pp", "pr")  # where an example's pair and label come from (ALGORITHM.md §4)
@@ -118,7 +123,7 @@ def pairwise_loss(delta, beta: float, loss_type: str) -> torch.Tensor:
 
 
 def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta, loss_type="dpo",
-              response_coef=0.0, label_coef=0.0, on_policy=None, policy_labeled=None, self_labels="sample",
+              response_coef=0.0, label_coef=0.0, log_q=None, policy_labeled=None, self_labels="sample",
               lengths=None, baseline="loo"):
     """Per-pair pairwise loss plus the two bilevel terms of SAIL (ALGORITHM.md §5).
 
@@ -130,7 +135,9 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
             log-ratios: needs `lengths`) or "slic" (hinge on the reference-normalized margin).
         response_coef: c_resp, a float or Shape (B,): weight of the response term (2).
         label_coef: c_label, a float or Shape (B,): weight of the label term (3).
-        on_policy: bool, Shape (B,): the pair was sampled from pi_θ (term (2) applies). None = all False.
+        log_q: log q_θ, Shape (B,): the log-probability under pi_θ of the sampled data the pair was picked from, the
+            sum of log pi_θ over those samples (the caller knows how it drew them); 0 where the pair is the dataset's.
+            Term (2) is its gradient. None = all 0.
         policy_labeled: bool, Shape (B,): the label comes from P_θ (term (3) applies). None = all False.
         self_labels: the mode of those labels. "sample": the label was drawn from P_θ and term (3) is its
             score-function term; "expect": the loss of such a pair is its expectation over the label (§6b), whatever
@@ -147,9 +154,8 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
     assert policy_logps_w.shape == policy_logps_l.shape == ref_logps_w.shape == ref_logps_l.shape
     assert policy_logps_w.dim() == 1
     B = policy_logps_w.shape[0]
-    no = torch.zeros(B, dtype=torch.bool, device=policy_logps_w.device)
-    on_policy = no if on_policy is None else on_policy
-    policy_labeled = no if policy_labeled is None else policy_labeled
+    log_q = torch.zeros_like(policy_logps_w) if log_q is None else log_q
+    policy_labeled = torch.zeros(B, dtype=torch.bool, device=log_q.device) if policy_labeled is None else policy_labeled
 
     delta = (policy_logps_w - ref_logps_w) - (policy_logps_l - ref_logps_l)  # Δ_θ, §1
     loss_delta = delta  # what ℓ sees; the implicit reward, the labels and terms (2), (3) always use summed log-probs
@@ -170,20 +176,19 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
     # every source, are independent of this one and come for free, so their mean is such a b
     b = (ell_value.sum() - ell_value) / max(B - 1, 1) if baseline == "loo" else 0.0
 
-    # (2) response term: sg(ℓ − b) · ∇[log pi_θ(y_w) + log pi_θ(y_l)], only where the pair came from pi_θ
-    log_q_pair = policy_logps_w + policy_logps_l  # log q_θ(y1, y2) of two independent samples
-    response_term = response_coef * (ell_value - b) * (log_q_pair - log_q_pair.detach())
+    # (2) response term: sg(ℓ − b) · ∇ log q_θ, zero where the pair is the dataset's (log q_θ = 0 has no gradient)
+    response_term = response_coef * (ell_value - b) * (log_q - log_q.detach())
     # (3) label term: sg(ℓ) · ∇ log P_θ(z), only where the label was drawn from P_θ (under "expect" it is inside ℓ)
     label_term = label_coef * ell_value * (log_p_z - log_p_z.detach())
     drawn_label = policy_labeled & (self_labels == "sample")
-    surrogate = ell + torch.where(on_policy, response_term, 0.0) + torch.where(drawn_label, label_term, 0.0)
+    surrogate = ell + response_term + torch.where(drawn_label, label_term, 0.0)
 
     chosen_rewards = beta * (policy_logps_w - ref_logps_w).detach()  # r_θ(x, y_w)
     rejected_rewards = beta * (policy_logps_l - ref_logps_l).detach()  # r_θ(x, y_l)
     return surrogate, chosen_rewards, rejected_rewards
 
 # --------------------------------------------------------------------------------------------------------------
-# Labelers: which of the two responses (y1, y2) is preferred. True = y1 wins.
+# Labelers: which response of a pair (y1, y2) is preferred, True = y1 wins; the oracle also picks its pair
 
 def bradley_terry_label(score1: torch.Tensor, score2: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """A draw z ~ Bernoulli(σ(s1 − s2)), P(y1 ≻ y2) under Bradley-Terry, from uniforms in [0, 1) drawn beforehand on
@@ -193,16 +198,23 @@ def bradley_terry_label(score1: torch.Tensor, score2: torch.Tensor, uniforms: to
 
 def implicit_reward_label(policy_logps, ref_logps, beta: float, uniforms) -> torch.Tensor:
     """Self-label: Bradley-Terry on r_θ = β(log pi_θ − log pi_ref), no gradient (ALGORITHM.md §4).
-    policy_logps, ref_logps: Shape (2B,), rows [y1; y2]. Returns (B,) bool, True = y1 wins."""
-    reward1, reward2 = (beta * (policy_logps - ref_logps).detach()).chunk(2)  # (B,) each: r_θ of y1, of y2
-    return bradley_terry_label(reward1, reward2, uniforms)
+    policy_logps, ref_logps: Shape (B, 2), the pair's (y1, y2). Returns (B,) bool, True = y1 wins."""
+    reward = beta * (policy_logps - ref_logps).detach()  # (B, 2): r_θ of y1, of y2
+    return bradley_terry_label(reward[:, 0], reward[:, 1], uniforms)
 
 
-def oracle_label(scores1: list[float], scores2: list[float], mode: str, generator) -> tuple[torch.Tensor, int]:
-    """Label with an oracle's scores of y1 and y2: argmax with ties a coin flip, or a Bradley-Terry draw, which takes
-    the scores as logits, P(y1 wins) = σ(s1 − s2). Returns (B,) bool (True = y1 wins) and the number of ties."""
-    s1, s2 = torch.tensor(scores1, dtype=torch.double), torch.tensor(scores2, dtype=torch.double)
-    uniforms = torch.rand(s1.shape, generator=generator, dtype=torch.double)
+def oracle_label(scores: torch.Tensor, mode: str, uniforms: torch.Tensor):
+    """Pick and label each PR pair from the oracle's scores of the example's k samples, Shape (B, k) float64. The pair
+    is the best- and the worst-scored sample (the first of equal ones; samples 1 and 2 when all k scores are equal), in
+    sample order: a function of the samples and the scores, never of θ (ALGORITHM.md §4). The label: the higher score
+    wins, ties a coin flip (argmax), or a Bradley-Terry draw that takes the scores as logits, P(y1 ≻ y2) = σ(s1 − s2)
+    (sample), from `uniforms`, Shape (B,). Returns the slots of (y1, y2) among the k samples, Shape (B, 2), the label,
+    Shape (B,) bool (True = y1 wins), the number of ties and the mean score gap of the pairs, s_best − s_worst."""
+    best, worst = scores.argmax(1), scores.argmin(1)  # (B,) each, the first of equals
+    slots = torch.stack([torch.minimum(best, worst), torch.maximum(best, worst)], 1)  # (B, 2) in sample order
+    slots[best == worst] = torch.tensor([0, 1])  # every score equal: no best, no worst
+    s1, s2 = scores.gather(1, slots).T  # (B,) each
+    gap = float((s1 - s2).abs().mean())
     if mode == "sample":  # a draw with P = ½ + δ is the argmax with probability 2|δ|, else a coin flip: mean |δ| < 0.1
         sure = (torch.sigmoid(s1 - s2) - 0.5).abs()[s1 != s2].mean()  # on untied pairs, > 80% of labels are coin flips
         if sure < 0.1 and not getattr(oracle_label, "warned", False):  # once per process
@@ -210,8 +222,8 @@ def oracle_label(scores1: list[float], scores2: list[float], mode: str, generato
             tqdm.write(f"warning: --oracle-label sample: the oracle's scores differ by little (mean |σ(s1 − s2) − ½| "
                        f"= {sure:.3f} < 0.1): most Bradley-Terry labels are coin flips; use argmax or scale the scores "
                        "to logits", file=sys.stderr)
-        return bradley_terry_label(s1, s2, uniforms), int((s1 == s2).sum())
-    return torch.where(s1 == s2, uniforms < 0.5, s1 > s2), int((s1 == s2).sum())  # ties: a coin flip
+        return slots, bradley_terry_label(s1, s2, uniforms), int((s1 == s2).sum()), gap
+    return slots, torch.where(s1 == s2, uniforms < 0.5, s1 > s2), int((s1 == s2).sum()), gap  # ties: a coin flip
 
 # --------------------------------------------------------------------------------------------------------------
 # Sequence log-probs and the KL penalty: one set of helpers for the labelers, the loss and the evaluation
@@ -300,13 +312,14 @@ def static_cache(model, rows: int, args: Args):
 
 
 @torch.inference_mode()
-def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args) -> list[list[int]]:
-    """n samples per prompt from the model, as token lists cut after the first EOS: n * B lists ordered [sample 1 of
-    all B prompts; sample 2 of all B; ...] (the layout of `join`). The seed makes the rollout replayable."""
+def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args, bucket: int = 0) -> list[list[int]]:
+    """n samples per prompt row from the model, as token lists cut after the first EOS: n * B lists ordered [sample 1
+    of all B rows; sample 2 of all B; ...]. The seed makes the rollout replayable. With the static cache, calls of up
+    to `bucket` rows (default --batch-size) share one cache of that size."""
     was_training = model.training
     model.eval()  # NOTE: HF turns the KV cache off when gradient checkpointing is on *and* the model is training
     input_ids, attention_mask, extra = prompt_ids.repeat(n, 1), prompt_mask.repeat(n, 1), {}  # (nB, P)
-    rows = n * max(len(prompt_ids), args.batch_size)  # a fixed bucket: the number of online prompts varies
+    rows = n * max(len(prompt_ids), bucket or args.batch_size)  # a fixed bucket: the number of online rows varies
     cache = static_cache(model, rows, args)
     if cache is not None:  # padded to `rows` with copies of row 0, which stop after their first token
         pad = rows - len(input_ids)
@@ -339,9 +352,15 @@ def route_probs(args: Args) -> list[float]:
 
 
 def source_masks(source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(on_policy, policy_labeled), each Shape (B,) bool, of examples routed to `source`: the pair is two samples of
-    pi_θ (PP, PR: q_θ depends on θ, term (2)); the label is a draw from P_θ (DP, PP: P_θ depends on θ, term (3))."""
+    """(on_policy, policy_labeled), each Shape (B,) bool, of examples routed to `source`: the pair is picked from
+    samples of pi_θ (PP, PR: q_θ depends on θ, term (2)); the label comes from P_θ (DP, PP: P_θ depends on θ, term
+    (3))."""
     return (source == PP) | (source == PR), (source == DP) | (source == PP)
+
+
+def source_coefs(args: Args) -> list[float]:
+    """The coefficient c of terms (2) and (3) for each source (offline, DP, PP, PR); online DPO is SAIL-PR with c = 0."""
+    return [0.0, args.dp_coef, args.pp_coef, 0.0 if args.design == "online-dpo" else args.pr_coef]
 
 
 def rollout_seed(seed: int, rollout: int, rank: int, stream: str) -> int:
@@ -353,99 +372,123 @@ def rollout_seed(seed: int, rollout: int, rank: int, stream: str) -> int:
 
 @dataclasses.dataclass
 class Rollout:
-    """One micro-batch of B examples with everything random about it drawn (steps 1–3), on the host."""
+    """One micro-batch of B examples with everything random about it drawn (steps 1–3), on the host: their N
+    responses, and for each example the rows of its pair (y1, y2) and its label."""
     source: torch.Tensor  # (B,) OFFLINE, DP, PP or PR
     prompt_ids: torch.Tensor  # (B, P) left-padded, on the device
     prompt_mask: torch.Tensor  # (B, P)
-    y1: list[list[int]]  # B responses as token lists: two samples of pi_θ (PP, PR) or the dataset's pair
-    y2: list[list[int]]
+    responses: list[list[int]]  # N token lists: samples of pi_θ (PP, PR examples) or the dataset's pair (the others)
+    example: torch.Tensor  # (N,) the example of each response: a PR example has k (or 2), every other example 2
+    pair: torch.Tensor  # (B, 2) the rows of each example's (y1, y2)
     z: torch.Tensor  # (B,) bool, True = y1 ≻ y2: the dataset's label (offline; DP until step 5) or the oracle's (PR)
     uniforms: torch.Tensor  # (B,) float64 in [0, 1): the draws behind the self-labels of step 5
-    ties: int = 0  # PR pairs whose oracle scores were equal
+    ties: int = 0  # PR pairs whose oracle scores were equal (all k of them)
+    score_gap: Optional[float] = None  # the mean oracle score gap of the PR pairs, s_best − s_worst
 
 
 def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed: Callable[[str], int], amp_dtype,
                  when: str) -> Rollout:
     """Steps 1–3 for the examples of `batch`: route, respond, label. Each random draw comes from its own stream,
     seeded by `stream_seed(name)` (ALGORITHM.md §6c), so that the rollout replays from (seed, rollout, rank)."""
-    B, device = len(batch), next(policy.parameters()).device
+    B, device, k = len(batch), next(policy.parameters()).device, args.num_samples
     # 1. route: each example, independently, to offline, DP, PP or PR with the design's probabilities
     routing = torch.Generator().manual_seed(stream_seed("route"))
     source = torch.multinomial(torch.tensor(route_probs(args)), B, replacement=True, generator=routing)  # (B,)
-    online = source_masks(source)[0].nonzero().flatten().tolist()  # the PP and PR examples
+    online = source_masks(source)[0].tolist()  # the PP and PR examples
     prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in batch], args.max_prompt_length, device)
 
-    # 2. respond: two samples of pi_θ for every PP and PR prompt, in one batched call (KV cache on), cut at the first
-    # EOS; offline and DP examples take the dataset's pair, (y1, y2) = (chosen, rejected)
+    # 2. respond: k samples of pi_θ for every PR prompt and two for every PP prompt, in one batched call (KV cache on),
+    # cut at the first EOS; offline and DP examples take the dataset's pair (chosen, rejected). Row (i, j) is response
+    # j of example i; rows are listed response by response: the first of every example, then the second, ...
+    rows = [(i, j) for j in range(k) for i in range(B) if j < (k if source[i] == PR else 2)]  # N (example, j)
+    row_of = {ij: r for r, ij in enumerate(rows)}
+    example = torch.tensor([i for i, _ in rows])  # (N,)
+    drawn = [r for r, (i, _) in enumerate(rows) if online[i]]
     with gathered(policy), autocast(device, amp_dtype):  # FSDP: every rank, whether or not it samples
-        ys = sample(policy, tok, prompt_ids[online], prompt_mask[online], n=2, seed=stream_seed("sample"),
-                    args=args) if online else []  # [y1 of every online prompt; y2 of every online prompt]
-    y1, y2 = [None] * B, [None] * B
-    for j, i in enumerate(online):
-        y1[i], y2[i] = ys[j], ys[len(online) + j]
-    for i in (i for i in range(B) if i not in online):
-        y1[i], y2[i] = encode_responses(tok, [batch[i]["chosen"], batch[i]["rejected"]], args.max_new_tokens)
+        ys = sample(policy, tok, prompt_ids[example[drawn]], prompt_mask[example[drawn]], n=1, seed=stream_seed(
+            "sample"), args=args, bucket=args.batch_size * k) if drawn else []
+    dataset = {i: encode_responses(tok, [batch[i]["chosen"], batch[i]["rejected"]], args.max_new_tokens)
+               for i in range(B) if not online[i]}
+    responses = [dataset[i][j] if i in dataset else None for i, j in rows]
+    for r, y in zip(drawn, ys):
+        responses[r] = y
 
-    # 3. label, z = True when y1 wins: offline and DP examples carry the dataset's (y1 is the chosen one; step 5
-    # redraws DP's from the policy), PR examples get the oracle's, from its scores of y1 and y2
-    z, ties, pr_rows = torch.ones(B, dtype=torch.bool), 0, (source == PR).nonzero().flatten().tolist()
-    if pr_rows:  # the oracle scores all y1, then all y2
-        texts = tok.batch_decode([y1[i] for i in pr_rows] + [y2[i] for i in pr_rows], skip_special_tokens=True)
-        scores = ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr_rows] * 2, texts, when)
-        z[pr_rows], ties = oracle_label(scores[:len(pr_rows)], scores[len(pr_rows):], args.oracle_label,
-                                        torch.Generator().manual_seed(stream_seed("oracle")))
+    # 3. label, z = True when y1 wins: offline and DP pairs (y1 the chosen response) carry the dataset's label (step
+    # 5 redraws DP's from the policy), PP pairs are their two samples, labelled in step 5; the oracle scores every
+    # sample of a PR example, and its pair is the best and the worst of them, labelled by the oracle (oracle_label)
+    pair = torch.tensor([[row_of[i, 0], row_of[i, 1]] for i in range(B)])  # (B, 2)
+    z, ties, gap = torch.ones(B, dtype=torch.bool), 0, None
+    pr = (source == PR).nonzero().flatten().tolist()
+    if pr:
+        pr_rows = torch.tensor([row_of[i, j] for j in range(k) for i in pr]).view(k, len(pr)).T  # (|PR|, k)
+        texts = tok.batch_decode([responses[r] for r in pr_rows.T.flatten()], skip_special_tokens=True)
+        scores = ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr] * k, texts, when)  # sample 1 of all, ...
+        slots, z[pr], ties, gap = oracle_label(torch.tensor(scores, dtype=torch.double).view(k, len(pr)).T,
+                                               args.oracle_label, torch.rand(len(pr), dtype=torch.double,
+                                               generator=torch.Generator().manual_seed(stream_seed("oracle"))))
+        pair[pr] = pr_rows.gather(1, slots)
+    # the unkept samples stay where term (2) weighs them (c > 0): online DPO pays nothing for them beyond the oracle
+    keep = (torch.tensor(source_coefs(args))[source[example]] > 0) | torch.isin(torch.arange(len(rows)), pair)
+    pair = (keep.cumsum(0) - 1)[pair]  # the same rows, numbered without the dropped ones
     # the self-labels are drawn in step 5, from the policy's log-probs of the forward pass; their uniforms come now
     uniforms = torch.rand(B, generator=torch.Generator().manual_seed(stream_seed("self")), dtype=torch.double)
-    return Rollout(source, prompt_ids, prompt_mask, y1, y2, z, uniforms, ties)
+    return Rollout(source, prompt_ids, prompt_mask, [y for y, kept in zip(responses, keep) if kept], example[keep],
+                   pair, z, uniforms, ties, gap)
 
 
 def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, amp_dtype) -> tuple[torch.Tensor, dict]:
     """Steps 4–6 on a rollout: the loss whose gradient, in expectation over rollouts, is −∇J_c + λ ∇KL (the objective
-    with each source's coefficient, §5, and the penalty, §6), and the metrics of the micro-batch. `grad_policy` is
-    pi_θ as the gradient flows through it: the policy itself, or its DDP wrapper under torchrun."""
-    B, device = len(rollout.y1), rollout.prompt_ids.device
-    source, z, uniforms = (t.to(device) for t in (rollout.source, rollout.z, rollout.uniforms))
+    with each source's coefficient, §5, and the penalty, §6: its gradient holds the contexts the batch visits fixed,
+    though they depend on θ), and the metrics of the micro-batch. `grad_policy` is pi_θ as the gradient flows
+    through it: the policy itself, or its DDP wrapper under torchrun."""
+    B, device = len(rollout.source), rollout.prompt_ids.device
+    source, example, pair, z, uniforms = (t.to(device) for t in (rollout.source, rollout.example, rollout.pair,
+                                                                 rollout.z, rollout.uniforms))
     on_policy, policy_labeled = source_masks(source)  # (B,) each
 
-    # 4. score: log pi_θ(y|x) and log pi_ref(y|x) of the 2B responses, rows [all y1; all y2], the reference without
-    # gradient; with the penalty, also KL_t(pi_ref ‖ pi_θ) over the vocabulary at every response position (§6)
-    input_ids, attention_mask, response_mask = join(rollout.prompt_ids, rollout.prompt_mask, rollout.y1 + rollout.y2,
-                                                    pad_id)  # (2B, T), (2B, T), (2B, R)
-    labels = input_ids[:, -response_mask.shape[1]:]  # (2B, R) the response tokens
+    # 4. score: log pi_θ(y|x) and log pi_ref(y|x) of the N responses, the reference without gradient; with the
+    # penalty, also KL_t(pi_ref ‖ pi_θ) over the vocabulary at every response position (§6)
+    input_ids, attention_mask, response_mask = join(rollout.prompt_ids[example], rollout.prompt_mask[example],
+                                                    rollout.responses, pad_id)  # (N, T), (N, T), (N, R)
+    labels = input_ids[:, -response_mask.shape[1]:]  # (N, R) the response tokens
     with autocast(device, amp_dtype):
-        ref_token_logps, ref_vocab_logprobs = reference_logprobs(  # (2B, R) and, with the penalty, (2B, R, V)
+        ref_token_logps, ref_vocab_logprobs = reference_logprobs(  # (N, R) and, with the penalty, (N, R, V)
             ref, input_ids, attention_mask, response_mask, vocab=args.revkl_coef > 0)
-        logits = response_logits(grad_policy, input_ids, attention_mask, response_mask)  # (2B, R, V)
+        logits = response_logits(grad_policy, input_ids, attention_mask, response_mask)  # (N, R, V)
         token_logps, kl = token_logps_and_kl(logits, labels, ref_vocab_logprobs)
-    policy_logps, ref_logps = (token_logps * response_mask).sum(1), (ref_token_logps * response_mask).sum(1)  # (2B,)
+    policy_logps, ref_logps = (token_logps * response_mask).sum(1), (ref_token_logps * response_mask).sum(1)  # (N,)
 
-    # 5. self-label: DP and PP pairs get a Bradley-Terry draw from the policy's implicit reward r_θ (detached)
-    z = torch.where(policy_labeled, implicit_reward_label(policy_logps, ref_logps, args.beta, uniforms), z)
+    # 5. self-label: DP and PP pairs get a Bradley-Terry draw from the policy's implicit reward r_θ (detached); with
+    # --self-labels expect the loss averages over it, and the draw only orders the pair
+    z = torch.where(policy_labeled, implicit_reward_label(policy_logps[pair], ref_logps[pair], args.beta, uniforms), z)
 
-    # 6. loss: each pair in the label's order (y_w, y_l); ℓ(Δ) plus term (2) where the pair is sampled and term (3)
-    # where the label is drawn, with the coefficient of the example's source; plus λ × the mean KL_t
-    def ordered(t):  # (2B,) rows [y1; y2] -> (t of y_w, t of y_l), (B,) each
-        return torch.where(z, t[:B], t[B:]), torch.where(z, t[B:], t[:B])
-    pr_coef = 0.0 if args.design == "online-dpo" else args.pr_coef  # online DPO: SAIL-PR with the term switched off
-    coef = torch.tensor([0.0, args.dp_coef, args.pp_coef, pr_coef], dtype=policy_logps.dtype, device=device)[source]
+    # 6. loss: each pair in the label's order (y_w, y_l); ℓ(Δ) plus term (2) where the pair is picked from samples
+    # and term (3) where the label comes from P_θ, with the coefficient of the example's source; plus λ × mean KL_t
+    w, l = torch.where(z, pair[:, 0], pair[:, 1]), torch.where(z, pair[:, 1], pair[:, 0])  # (B,) rows of y_w, y_l
+    sampled = on_policy[example]  # (N,) the responses drawn from pi_θ
+    log_q = torch.zeros(B, dtype=policy_logps.dtype, device=device).index_add(  # (B,) Σ log pi_θ over the samples
+        0, example, torch.where(sampled, policy_logps, 0.0))  # of each example, kept or not; 0 for dataset pairs
+    coef = torch.tensor(source_coefs(args), dtype=policy_logps.dtype, device=device)[source]  # (B,)
+    lengths = response_mask.sum(1)  # (N,)
     surrogate, chosen_rewards, rejected_rewards = sail_loss(
-        *ordered(policy_logps), *ordered(ref_logps), beta=args.beta, loss_type=args.loss, response_coef=coef,
-        label_coef=coef, on_policy=on_policy, policy_labeled=policy_labeled, self_labels=args.self_labels,
-        lengths=ordered(response_mask.sum(1)), baseline=args.baseline)  # (B,) each
+        policy_logps[w], policy_logps[l], ref_logps[w], ref_logps[l], beta=args.beta, loss_type=args.loss,
+        response_coef=coef, label_coef=coef, log_q=log_q, policy_labeled=policy_labeled, self_labels=args.self_labels,
+        lengths=(lengths[w], lengths[l]), baseline=args.baseline)  # (B,) each
     revkl = (kl * response_mask).sum() / response_mask.sum()  # mean KL_t over the batch's response tokens
     loss = surrogate.mean() + args.revkl_coef * revkl
 
-    n_online = int(source_masks(rollout.source)[0].sum())  # on the host: no wait for the device
-    sample_kl = ((policy_logps - ref_logps).detach().view(2, B) * on_policy).sum() / (2 * n_online or 1)
+    n_sampled = int(source_masks(rollout.source)[0][rollout.example].sum())  # on the host: no wait for the device
+    sample_kl = ((policy_logps - ref_logps).detach() * sampled).sum() / (n_sampled or 1)
     return loss, {
         "loss": surrogate.detach().mean(),  # the batch mean of ℓ(Δ) (E_z ℓ where --self-labels expect), without λ·KL
         "rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
         "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
         "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-        **({"objective/sample_kl": sample_kl} if n_online else {}),
+        **({"objective/sample_kl": sample_kl} if n_sampled else {}),
         **({"objective/revkl": revkl.detach()} if args.revkl_coef else {}),
         **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
-        "labels/ties": float(rollout.ties)}
+        "labels/ties": float(rollout.ties), **({"labels/score_gap": rollout.score_gap} if rollout.score_gap is not
+                                               None else {})}
 
 
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
@@ -560,7 +603,7 @@ def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=t
                                                  device)  # (B, P)
         with autocast(device, amp_dtype), gathered(policy):
             ys = sample(policy, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args)
-            batch = join(prompt_ids, prompt_mask, ys, tok.pad_token_id)  # each (B, T)
+            batch = join(prompt_ids, prompt_mask, ys, tok.pad_token_id)  # (B, T), (B, T), (B, R)
             policy_logps = sequence_logps(policy, *batch)  # (B,)
         with autocast(device, amp_dtype), gathered(ref):
             kl += (policy_logps - sequence_logps(ref, *batch)).tolist()
@@ -624,6 +667,7 @@ class Args:
     pp_coef: float = arg(0.2, "coefficient of terms (2) and (3) on PP examples (the paper writes it π)", UNIT)
     pr_fraction: Optional[float] = arg(None, f"g: fraction of PR examples (default: {PAPER_FRACTIONS['pr']})", UNIT)
     pr_coef: float = arg(0.3, "γ: coefficient of the response term (2) on PR examples (0 for online-dpo)", UNIT)
+    num_samples: int = arg(2, "k: samples per PR prompt; its pair is the best and the worst by the oracle", "[2, inf)")
     baseline: Literal["loo", "none"] = arg("loo", "baseline b of term (2): leave-one-out mean of ℓ, or none")
     oracle_label: Literal["sample", "argmax"] = arg("argmax", "the higher oracle score wins, or a Bradley-Terry draw")
     self_labels: Literal["sample", "expect"] = arg("expect", "DP and PP labels: a draw from P_θ, or its expectation")
@@ -734,6 +778,8 @@ def validate(args: Args) -> Args:
         (route_probs(args)[PR] > 0 and not embedded and args.reward_model is None and args.reward_fn is None,
          f"--design {args.design} labels policy samples with an oracle: give --reward-model or --reward-fn"),
         (args.reward_model and args.reward_fn, "give one oracle: --reward-model or --reward-fn, not both"),
+        (args.num_samples > 2 and route_probs(args)[PR] == 0, f"--num-samples {args.num_samples}: only PR examples "
+         f"take more than two samples, and --design {args.design} has none (online-dpo, sail-pr and mix have them)"),
         (args.design in ("sail-pp", "sail-dp") and route_probs(args)[OFFLINE] == 0,
          f"--design {args.design} needs offline pairs (self-labels alone carry no signal): use a fraction below 1"),
         (args.resume and args.overwrite, "--resume and --overwrite contradict each other"),
@@ -864,7 +910,8 @@ def build_embedded_task(args: Args, device):
         ys = sample(policy, tok, prompt_ids, prompt_mask, n=2, seed=10_000 + i, args=gen_args)
         texts = tok.batch_decode(ys, skip_special_tokens=True)
         firsts, seconds = texts[:len(chunk)], texts[len(chunk):]
-        first_wins, _ = oracle_label(gold_reward(chunk, firsts), gold_reward(chunk, seconds), "sample", g)
+        scores = torch.tensor([gold_reward(chunk, firsts), gold_reward(chunk, seconds)], dtype=torch.double).T
+        _, first_wins, _, _ = oracle_label(scores, "sample", torch.rand(len(chunk), generator=g, dtype=torch.double))
         rows += [{"prompt": p, "raw_prompt": p, "chosen": a if a_wins else b, "rejected": b if a_wins else a}
                  for p, a, b, a_wins in zip(chunk, firsts, seconds, first_wins)]
     # evaluation prompts: fresh draws of the task's prompts, not held out (its few prompts occur in training too)
@@ -1216,15 +1263,13 @@ def encode_responses(tok, texts: list[str], max_tokens: Optional[int]) -> list[l
 
 
 def join(prompt_ids, prompt_mask, responses: list[list[int]], pad_id: int):
-    """Stack each prompt with each of its responses into one sequence per row. `responses` holds n responses per
-    prompt as [all B firsts; all B seconds; ...], so rows i, i + B, ... share prompt i. Returns input_ids and
-    attention_mask, (nB, T), and response_mask, (nB, R): the response tokens among the last R columns."""
-    n = len(responses) // prompt_ids.shape[0]
+    """Stack the prompt of each row, (N, P) left-padded, with its response, right-padded, into one sequence. Returns
+    input_ids and attention_mask, (N, T), and response_mask, (N, R): the response tokens among the last R columns."""
     R = max(1, max(len(r) for r in responses))
-    resp = torch.tensor([r + [pad_id] * (R - len(r)) for r in responses], device=prompt_ids.device)  # (nB, R)
+    resp = torch.tensor([r + [pad_id] * (R - len(r)) for r in responses], device=prompt_ids.device)  # (N, R)
     resp_mask = torch.tensor([[1] * len(r) + [0] * (R - len(r)) for r in responses], device=prompt_ids.device)
-    input_ids = torch.cat([prompt_ids.repeat(n, 1), resp], dim=1)  # (nB, T)
-    attention_mask = torch.cat([prompt_mask.repeat(n, 1), resp_mask], dim=1)  # (nB, T)
+    input_ids = torch.cat([prompt_ids, resp], dim=1)  # (N, T)
+    attention_mask = torch.cat([prompt_mask, resp_mask], dim=1)  # (N, T)
     return input_ids, attention_mask, resp_mask
 
 

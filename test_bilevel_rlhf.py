@@ -120,8 +120,9 @@ def expected_surrogate_grad(task, o, route, loss_type, coef, self_labels="sample
     Under self_labels="expect" a self-labelled outcome's loss does not depend on its z, so summing its two z outcomes
     with their probabilities weighs it by 1, as the estimator that never draws z does."""
     theta = task.theta.clone().requires_grad_()
-    losses, _, _ = br.sail_loss(*logps(theta, task, o), beta=BETA, loss_type=loss_type, response_coef=coef,
-                                label_coef=coef, on_policy=o.on_policy, policy_labeled=o.policy_labeled,
+    pw, pl, rw, rl = logps(theta, task, o)
+    losses, _, _ = br.sail_loss(pw, pl, rw, rl, beta=BETA, loss_type=loss_type, response_coef=coef, label_coef=coef,
+                                log_q=torch.where(o.on_policy, pw + pl, 0.0), policy_labeled=o.policy_labeled,
                                 self_labels=self_labels, lengths=lengths(task, o), baseline="none")
     weights = outcome_probs(theta, task, o, route).detach()
     return torch.autograd.grad((weights * losses).sum(), theta)[0]
@@ -156,7 +157,7 @@ def test_loss_values_match_formulas():
             # the bilevel terms are zero-valued surrogates: same values, different gradients
             bilevel = [t.clone().requires_grad_() for t in (pw, pl, rw, rl)]
             losses_b, _, _ = br.sail_loss(*bilevel, beta=beta, loss_type=loss_type, response_coef=1.0, label_coef=1.0,
-                                          on_policy=every, policy_labeled=every, lengths=(lw, ll))
+                                          log_q=bilevel[0] + bilevel[1], policy_labeled=every, lengths=(lw, ll))
             torch.testing.assert_close(losses_b, expected[loss_type], rtol=0, atol=1e-12)
             grad_plain = torch.autograd.grad(losses.sum(), plain[:2])
             grad_bilevel = torch.autograd.grad(losses_b.sum(), bilevel[:2])
@@ -214,8 +215,8 @@ def test_loo_baseline_keeps_expected_gradient(design, loss_type):
     def pair_losses(theta, baseline, rows=batch):  # sail_loss on each row's batch of two, vmapped. Shape: (rows, 2)
         def one_batch(pw, pl, rw, rl, on_policy, policy_labeled, lw, ll):
             return br.sail_loss(pw, pl, rw, rl, beta=BETA, loss_type=loss_type, response_coef=1.0, label_coef=1.0,
-                                on_policy=on_policy, policy_labeled=policy_labeled, lengths=(lw, ll),
-                                baseline=baseline)[0]
+                                log_q=torch.where(on_policy, pw + pl, 0.0), policy_labeled=policy_labeled,
+                                lengths=(lw, ll), baseline=baseline)[0]
         oij = SimpleNamespace(**{k: v[rows] for k, v in vars(o).items()})
         return torch.func.vmap(one_batch)(*logps(theta, task, oij), oij.on_policy, oij.policy_labeled,
                                           *lengths(task, oij))
@@ -268,60 +269,91 @@ def step_task(seed=0):
                            D=D / D.sum((1, 2), keepdim=True))
 
 
-def step_outcomes(route):
-    """Every (x, source, y1, y2, z) of a one-example rollout with route[source] > 0; offline pairs keep z = True."""
-    return [(x, s, y1, y2, z) for x, s, y1, y2, z in itertools.product(range(X), range(4), range(STEP_V),
-                                                                         range(STEP_V), (True, False))
-            if route[s] > 0 and (z or s != br.OFFLINE)]
+def step_outcomes(route, k=2):
+    """Every (x, source, responses, z) of a one-example rollout with route[source] > 0: k responses for PR, two for the
+    others, in sample order; z = True: the pair's y1 wins (offline pairs keep z = True)."""
+    return [(x, s, ys, z) for x, s in itertools.product(range(X), range(4)) if route[s] > 0
+            for ys in itertools.product(range(STEP_V), repeat=k if s == br.PR else 2) for z in (True, False)
+            if z or s != br.OFFLINE]
 
 
-def step_probability(theta, task, outcome, route, coef, beta):
-    """P(outcome) written from ALGORITHM.md §4: P(x) P(source) q(y1, y2 | x) P(z | x, y1, y2). Where q or P depends on
+def pair_slots(task, outcome):
+    """The slots (a, b) of an outcome's pair (y1, y2) among its responses, written from ALGORITHM.md §4: for PR the
+    best and the worst by the oracle's scores, in sample order (the first of equal ones; 0, 1 when all are equal)."""
+    x, s, ys, _ = outcome
+    if s != br.PR:
+        return 0, 1
+    scores = [float(task.score[x, y]) for y in ys]
+    best, worst = scores.index(max(scores)), scores.index(min(scores))
+    return (0, 1) if best == worst else (min(best, worst), max(best, worst))
+
+
+def label_probability(task, outcome, beta, oracle_label, theta):
+    """P(y1 ≻ y2) of the outcome's pair: pi_θ's Bradley-Terry model (DP, PP), the oracle's argmax (ties ½) or
+    Bradley-Terry draw on its scores (PR), 1 for offline pairs."""
+    x, s, ys, _ = outcome
+    y1, y2 = (ys[j] for j in pair_slots(task, outcome))
+    if s in POLICY_LABELED_SOURCES:
+        reward = beta * (torch.log_softmax(theta[x], -1) - torch.log_softmax(task.theta_ref[x], -1))  # r_θ(x, ·)
+        return torch.sigmoid(reward[y1] - reward[y2])
+    s1, s2 = task.score[x, y1], task.score[x, y2]
+    if s == br.PR:
+        return torch.sigmoid(s1 - s2) if oracle_label == "sample" else (s1 > s2) + 0.5 * (s1 == s2).to(f64)
+    return torch.tensor(1.0, dtype=f64)
+
+
+def step_probability(theta, task, outcome, route, coef, beta, oracle_label="sample"):
+    """P(outcome) written from ALGORITHM.md §4: P(x) P(source) q(responses | x) P(z | x, pair). Where q or P depends on
     θ, it sees θ̃ = sg(θ) + c·(θ − sg(θ)), c the source's coefficient: same value, gradient scaled by c (J_c, §5)."""
-    x, s, y1, y2, z = outcome
+    x, s, ys, z = outcome
     scaled = theta.detach() + coef[s] * (theta - theta.detach())
-    logp = torch.log_softmax(scaled[x], -1)  # (V,) log pi_θ(·|x)
-    q = (logp[y1] + logp[y2]).exp() if s in ON_POLICY_SOURCES else task.D[x, y1, y2]
-    reward = beta * (logp - torch.log_softmax(task.theta_ref[x], -1))  # r_θ(x, ·)
-    p_y1 = (torch.sigmoid(reward[y1] - reward[y2]) if s in POLICY_LABELED_SOURCES
-            else torch.sigmoid(task.score[x, y1] - task.score[x, y2]) if s == br.PR else torch.tensor(1.0, dtype=f64))
+    q = torch.log_softmax(scaled[x], -1)[list(ys)].sum().exp() if s in ON_POLICY_SOURCES else task.D[x, ys[0], ys[1]]
+    p_y1 = label_probability(task, outcome, beta, oracle_label, scaled)
     return route[s] / X * q * (p_y1 if z else 1 - p_y1)
 
 
-def rollout_of(task, outcome, beta):
-    """The one-example rollout of an outcome, as make_rollout would have drawn it. A label that the step draws from
-    P_θ (DP, PP) is enumerated through its uniform: just below p = P_θ(y1 ≻ y2) it gives y1 ≻ y2, just above it
-    y2 ≻ y1 (ε = 1e-6 is far above the float64 rounding of p and far below its distance to 0 and 1)."""
-    x, s, y1, y2, z = outcome
-    logp = torch.log_softmax(task.theta[x], -1) - torch.log_softmax(task.theta_ref[x], -1)
-    p = float(torch.sigmoid(beta * (logp[y1] - logp[y2])))
-    uniform = p * (1 - 1e-6) if z else p + (1 - p) * 1e-6
+def rollout_of(task, outcome, beta, oracle_label="sample"):
+    """The one-example rollout of an outcome, as make_rollout would have drawn it: the PR pair picked and labelled by
+    oracle_label. A label drawn from a probability p (P_θ for DP and PP in step 5, the oracle's for PR) is enumerated
+    through its uniform: just below p it gives y1 ≻ y2, just above it y2 ≻ y1 (ε = 1e-6 is far above the float64
+    rounding of p and far below its distance to 0 and 1; p = 0 or 1 only where the other outcome has probability 0)."""
+    x, s, ys, z = outcome
+    p = float(label_probability(task, outcome, beta, oracle_label, task.theta))
+    uniform = torch.tensor([p * (1 - 1e-6) if z else p + (1 - p) * 1e-6], dtype=f64)
+    pair, label = torch.tensor([[0, 1]]), torch.tensor([z or s != br.PR])
+    if s == br.PR:
+        pair, label, _, _ = br.oracle_label(task.score[x, list(ys)][None], oracle_label, uniform)
     return br.Rollout(source=torch.tensor([s]), prompt_ids=torch.tensor([[x]]), prompt_mask=torch.tensor([[1]]),
-                      y1=[[y1]], y2=[[y2]], z=torch.tensor([z or s != br.PR]),
-                      uniforms=torch.tensor([uniform], dtype=f64))
+                      responses=[[y] for y in ys], example=torch.zeros(len(ys), dtype=torch.long), pair=pair, z=label,
+                      uniforms=uniform)
 
 
 @pytest.mark.parametrize("revkl_coef", (0.0, 0.7))
 @pytest.mark.parametrize("self_labels", ("sample", "expect"))
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-@pytest.mark.parametrize("design", br.DESIGNS)
-def test_the_training_step_estimates_the_gradient_of_its_objective(design, loss_type, self_labels, revkl_coef):
+@pytest.mark.parametrize("design, k, oracle_label", [(d, 2, "argmax") for d in br.DESIGNS] + [
+    (d, k, rule) for d in ("online-dpo", "sail-pr", "mix") for k, rule in ((2, "sample"), (3, "argmax"), (3, "sample"))])
+def test_the_training_step_estimates_the_gradient_of_its_objective(design, k, oracle_label, loss_type, self_labels,
+                                                                   revkl_coef):
     """Σ P(outcome) ∇(rollout_loss of that outcome) = −∇J_c + λ ∇ E_x KL(pi_ref(·|x) ‖ pi_θ(·|x)), in float64, through
-    the function that train() calls for steps 4–6 (log-probs, self-labels, order, coefficients, penalty); J_c is the
-    objective with each source's coefficient (§5) and, on one-token responses, the penalty is the categorical KL."""
+    the functions that train() calls for the labels and steps 4–6 (oracle_label, rollout_loss: log-probs, self-labels,
+    order, coefficients, penalty); J_c is the objective with each source's coefficient (§5), a PR pair the best and the
+    worst of k samples; on one-token responses the penalty is the categorical KL. The enumeration runs in float64 by
+    design: it checks the estimator's mathematics, not a precision (that is the bf16 numerics test's job)."""
     task = step_task()
     args = br.Args(design=design, loss=loss_type, self_labels=self_labels, revkl_coef=revkl_coef, beta=BETA,
-                   **STEP_COEFS, **STEP_FRACTIONS)
+                   num_samples=k, oracle_label=oracle_label, **STEP_COEFS, **STEP_FRACTIONS)
     route = STEP_ROUTES[design]
     assert br.route_probs(args) == pytest.approx(route, abs=1e-12)
     coef = (0.0, args.dp_coef, args.pp_coef, 0.0 if design == "online-dpo" else args.pr_coef)  # by source
-    outcomes = step_outcomes(route)
+    outcomes = step_outcomes(route, k)
     policy, ref = Bigram(task.theta.clone()), Bigram(task.theta_ref.clone()).requires_grad_(False)
-    probs = [step_probability(task.theta, task, o, route, coef, BETA) for o in outcomes]
+    probs = [step_probability(task.theta, task, o, route, coef, BETA, oracle_label) for o in outcomes]
     assert float(sum(probs)) == pytest.approx(1.0, abs=1e-12)
 
     for outcome, prob in zip(outcomes, probs):  # the expected gradient of the estimator, accumulated in .grad
-        loss, stats = br.rollout_loss(args, policy, ref, rollout_of(task, outcome, BETA), STEP_EOS, torch.float32)
+        rollout = rollout_of(task, outcome, BETA, oracle_label)
+        loss, stats = br.rollout_loss(args, policy, ref, rollout, STEP_EOS, torch.float32)
         (prob.detach() * loss).backward()
         kl_x = torch.nn.functional.kl_div(torch.log_softmax(task.theta[outcome[0]], -1),
                                           torch.log_softmax(task.theta_ref[outcome[0]], -1), log_target=True,
@@ -330,8 +362,8 @@ def test_the_training_step_estimates_the_gradient_of_its_objective(design, loss_
             assert stats["objective/revkl"] == pytest.approx(float(kl_x), rel=1e-12)
 
     theta = task.theta.clone().requires_grad_()
-    J_c = sum(step_probability(theta, task, o, route, coef, BETA) * -pairwise_loss(margin_of(theta, task, o), BETA,
-                                                                                    loss_type) for o in outcomes)
+    J_c = sum(step_probability(theta, task, o, route, coef, BETA, oracle_label) *
+              -pairwise_loss(margin_of(theta, task, o), BETA, loss_type) for o in outcomes)
     kl = torch.stack([torch.nn.functional.kl_div(torch.log_softmax(theta[x], -1),
                                                  torch.log_softmax(task.theta_ref[x], -1), log_target=True,
                                                  reduction="sum") for x in range(X)]).mean()  # E_x, x uniform
@@ -344,7 +376,8 @@ def test_the_training_step_estimates_the_gradient_of_its_objective(design, loss_
 
 def margin_of(theta, task, outcome):
     """Δ_θ(y_w, y_l) of an outcome: the log-ratio of the winner minus the loser's (one token: per token = summed)."""
-    x, _, y1, y2, z = outcome
+    x, _, ys, z = outcome
+    y1, y2 = (ys[j] for j in pair_slots(task, outcome))
     log_ratio = torch.log_softmax(theta[x], -1) - torch.log_softmax(task.theta_ref[x], -1)
     return (log_ratio[y1] - log_ratio[y2]) * (1 if z else -1)
 
@@ -366,16 +399,75 @@ def test_a_rollout_samples_only_pp_and_pr_pairs_and_only_pr_pairs_ask_the_oracle
     r = br.make_rollout(args, model, tok, rows, oracle, lambda stream: br.STREAMS.index(stream), torch.float32, "test")
     online = (r.source == br.PP) | (r.source == br.PR)
     assert {br.OFFLINE, br.DP, br.PP, br.PR} <= set(r.source.tolist())  # every source occurs
-    assert len(sampled) == 1 and torch.equal(sampled[0], r.prompt_ids[online])
+    assert len(sampled) == 1 and torch.equal(sampled[0], r.prompt_ids[online].repeat(2, 1))
     for i, row in enumerate(rows):
         dataset_pair = br.encode_responses(tok, [row["chosen"], row["rejected"]], args.max_new_tokens)
-        assert ([r.y1[i], r.y2[i]] == dataset_pair) != bool(online[i])
-        if r.source[i] == br.PR and len(r.y1[i]) != len(r.y2[i]):  # argmax of the oracle's scores (no tie)
-            assert r.z[i] == (len(tok.decode(r.y1[i], skip_special_tokens=True).split()) >
-                              len(tok.decode(r.y2[i], skip_special_tokens=True).split()))
+        y1, y2 = (r.responses[j] for j in r.pair[i])
+        assert ([y1, y2] == dataset_pair) != bool(online[i])
+        if r.source[i] == br.PR and len(y1) != len(y2):  # argmax of the oracle's scores (no tie)
+            assert r.z[i] == (len(tok.decode(y1, skip_special_tokens=True).split()) >
+                              len(tok.decode(y2, skip_special_tokens=True).split()))
         elif r.source[i] != br.PR:
             assert r.z[i]
     assert r.uniforms.dtype == f64 and r.uniforms.shape == (48,) and ((0 <= r.uniforms) & (r.uniforms < 1)).all()
+
+
+PROMPTS = [f"{a} {n}" for a in ("the", "i", "it") for n in br.NOUNS]  # 24 prompts of two distinct tokens
+
+
+@pytest.mark.parametrize("design", ("sail-pr", "online-dpo", "mix"))
+def test_k_samples_per_pr_prompt_are_each_credited_to_their_own_example(design, monkeypatch):
+    """make_rollout with k = 3 on 16 examples with multi-token responses: PR prompts get k samples and PP prompts two,
+    in one call; a PR pair is the best and the worst of its own example's samples by the oracle (the winner first
+    unless z says otherwise); its unkept samples stay only where term (2) weighs them. Then the step's gradient on the
+    batch (baseline none, λ = 0) is the mean of its gradients on each example alone, each rebuilt from the responses'
+    content (every response starts with its prompt's two tokens), not from the rollout's own indices: a response
+    credited to another example, by make_rollout or by rollout_loss, changes the first and not the second. Float64
+    models: the batched and the single forwards differ by float64 rounding (~1e-16 relative), far below 1e-9."""
+    model, ref, tok = two_models()
+    model, ref = model.double(), ref.double()
+    k, g, seen = 3, torch.Generator().manual_seed(0), {}
+
+    def prefixed_sample(model, tok, prompt_ids, prompt_mask, n, seed, args, bucket=0):  # prompt, then 0-3 words
+        return [[t for t in ids.tolist() if t != tok.pad_token_id] + torch.randint(3, len(tok), (int(
+            torch.randint(4, (1,), generator=g)),), generator=g).tolist() for ids in prompt_ids.repeat(n, 1)]
+
+    def oracle(prompts, responses):  # ties happen: 0 to 3 words after the prompt's two
+        scores = [float(len(set(r.split()))) for r in responses]
+        seen.update({(p, r): s for p, r, s in zip(prompts, responses, scores)})
+        return scores
+    monkeypatch.setattr(br, "sample", prefixed_sample)
+    args = br.validate(br.Args(design=design, num_samples=k, max_new_tokens=8, baseline="none", revkl_coef=0.0,
+                               dp_fraction=0.2, pp_fraction=0.2, pr_fraction=0.4, output_dir="unused"))
+    rows = [{"prompt": p, "raw_prompt": p, "chosen": f"{p} was great .", "rejected": f"{p} is dull ."}
+            for p in PROMPTS[:16]]
+    r = br.make_rollout(args, model, tok, rows, oracle, lambda stream: 5 + br.STREAMS.index(stream), torch.float32,
+                        "test")
+    owner = [PROMPTS.index(tok.decode(y[:2])) for y in r.responses]  # each response's example, from its content
+    assert owner == r.example.tolist() and (r.source == br.PR).sum() >= 3
+    for i in range(16):
+        n_i, (a, b) = owner.count(i), r.pair[i].tolist()
+        assert owner[a] == owner[b] == i and a != b
+        assert n_i == (k if r.source[i] == br.PR and br.source_coefs(args)[br.PR] > 0 else 2)
+        if r.source[i] == br.PR:
+            scores = [s for (p, _), s in seen.items() if p == PROMPTS[i]]
+            pair = [seen[PROMPTS[i], tok.decode(r.responses[j], skip_special_tokens=True)] for j in (a, b)]
+            winner, loser = pair if r.z[i] else pair[::-1]
+            assert len(scores) <= k and sorted(pair) == [min(scores), max(scores)] and winner >= loser
+
+    def gradient(rollout):
+        model.zero_grad()
+        br.rollout_loss(args, model, ref, rollout, tok.pad_token_id, torch.float32)[0].backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+    singles = []
+    for i in range(16):
+        rows_i = [j for j, o in enumerate(owner) if o == i]
+        one = slice(i, i + 1)
+        singles.append(gradient(br.Rollout(
+            r.source[one], r.prompt_ids[one], r.prompt_mask[one], [r.responses[j] for j in rows_i],
+            torch.zeros(len(rows_i), dtype=torch.long), torch.tensor([[rows_i.index(j) for j in r.pair[i]]]),
+            r.z[one], r.uniforms[one])))
+    torch.testing.assert_close(gradient(r), torch.stack(singles).mean(0), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("scale, warns", [(0.01, True), (10.0, False)])
@@ -442,8 +534,9 @@ def kl_penalty(model, ref, tok, prompts, responses):
     pairs (y1 = y2 = each prompt's response): the mean over response tokens of KL_t(pi_ref ‖ pi_θ), with its graph."""
     prompt_ids, prompt_mask = br.encode_prompts(tok, prompts, 64, "cpu")
     B = len(prompts)
-    rollout = br.Rollout(torch.full((B,), br.OFFLINE), prompt_ids, prompt_mask, responses, responses,
-                         torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=f64))
+    rollout = br.Rollout(torch.full((B,), br.OFFLINE), prompt_ids, prompt_mask, responses + responses,
+                         torch.arange(B).repeat(2), torch.arange(2 * B).view(2, B).T, torch.ones(B, dtype=torch.bool),
+                         torch.zeros(B, dtype=f64))
     loss = {lam: br.rollout_loss(br.Args(design="dpo", beta=0.1, revkl_coef=lam), model, ref, rollout,
                                  tok.pad_token_id, torch.float32)[0] for lam in (1.0, 0.0)}
     return loss[1.0] - loss[0.0]
@@ -668,12 +761,21 @@ def test_labelers():
     p_y1 = br.bradley_terry_label(s1, s2, torch.rand(20000, generator=g, dtype=f64)).float().mean().item()
     assert p_y1 == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.015)
     # argmax oracle: the higher score wins; ties are a coin flip, counted
-    z, ties = br.oracle_label([2.0, 1.0, 1.0, 1.0], [1.0, 2.0, 1.0, 1.0], "argmax", g)
-    assert z[:2].tolist() == [True, False] and ties == 2
-    tie_wins = [br.oracle_label([1.0] * 200, [1.0] * 200, "argmax", g)[0].float().mean().item() for _ in range(5)]
+    slots, z, ties, gap = br.oracle_label(torch.tensor([[2.0, 1.0], [1.0, 2.0], [1.0, 1.0], [1.0, 1.0]], dtype=f64),
+                                          "argmax", torch.rand(4, generator=g, dtype=f64))
+    assert slots.tolist() == [[0, 1]] * 4 and z[:2].tolist() == [True, False] and ties == 2 and gap == 0.5
+    tie_wins = [br.oracle_label(torch.ones(200, 2, dtype=f64), "argmax", torch.rand(200, generator=g, dtype=f64))[1]
+                .float().mean().item() for _ in range(5)]
     assert 0.4 < sum(tie_wins) / 5 < 0.6  # not "the first sample wins"
+    # k samples: the pair is the best and the worst (the first of equals), in sample order; all equal: samples 1 and 2,
+    # a coin flip, counted as a tie (the example still trains, as a tied pair of k = 2 does)
+    scores = torch.tensor([[0.0, 2, 1, 2], [1, 0, 2, 2], [3, 3, 3, 3], [0.5, 1, 1, 0.5]], dtype=f64)
+    for mode in ("argmax", "sample"):
+        slots, z, ties, gap = br.oracle_label(scores, mode, torch.tensor([0.5, 0.5, 0.4, 0.99], dtype=f64))
+        assert slots.tolist() == [[0, 1], [1, 2], [0, 1], [0, 1]] and ties == 1 and gap == pytest.approx(1.125)
+        assert z[2] and (z.tolist() == [False, False, True, False] or mode == "sample")
     # implicit reward labeler: P(y1 wins) = σ(β[(π1 − r1) − (π2 − r2)])
-    policy, ref = torch.tensor([0.0] * 5000 + [-10.0] * 5000), torch.zeros(10000)  # rows [y1; y2], B = 5000
+    policy, ref = torch.tensor([[0.0, -10.0]] * 5000), torch.zeros(5000, 2)  # (B, 2): (y1, y2), B = 5000
     p_y1 = br.implicit_reward_label(policy, ref, 0.2, torch.rand(5000, generator=g, dtype=f64)).float().mean().item()
     assert p_y1 == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), abs=0.02)
 
@@ -796,6 +898,29 @@ def test_slic_defaults_to_a_margin_of_one_nat():
     assert br.validate(br.Args(loss="slic")).beta == 1.0  # SLiC-HF's δ = 1: the hinge is max(0, 1 − βΔ)
     assert br.validate(br.Args(loss="dpo")).beta == 0.1 and br.validate(br.Args(loss="ipo")).beta == 0.1
     assert br.validate(br.Args(loss="slic", beta=0.1)).beta == 0.1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-samples", "0"], "--num-samples must be in [2, inf), got 0"),
+    (["--num-samples", "1"], "--num-samples must be in [2, inf), got 1"),
+    (["--num-samples", "2.5"], "invalid int value: '2.5'"),
+    (["--design", "sail-pp", "--num-samples", "4"], "--num-samples 4: only PR examples take more than two samples"),
+    (["--design", "dpo", "--num-samples", "3"], "--design dpo has none"),
+])
+def test_a_bad_number_of_samples_is_one_line_exit_2_and_nothing_written(flags, message, tmp_path):
+    result = run_cli(*flags, "--output-dir", tmp_path / "out")
+    assert result.returncode == 2 and message in one_error_line(result.stderr) and not (tmp_path / "out").exists()
+
+
+def test_k_samples_train_and_online_dpo_scores_no_unkept_sample(monkeypatch):
+    scored = []
+    real_join = br.join
+    monkeypatch.setattr(br, "join", lambda *a: scored.append(len(a[2])) or real_join(*a))
+    history, _ = run_loop(seed=0, design="sail-pr", steps=2, num_samples=4, pr_fraction=1.0, warmup_steps=0)
+    assert scored[:2] == [8 * 4] * 2 and history[-1]["labels/score_gap"] > 0  # training forwards: all k
+    scored.clear()
+    history, _ = run_loop(seed=0, design="online-dpo", steps=2, num_samples=4, pr_fraction=1.0, warmup_steps=0)
+    assert scored[:2] == [8 * 2] * 2 and history[-1]["labels/score_gap"] > 0  # the kept pairs only
 
 
 def test_online_dpo_is_sail_pr_without_the_term():
@@ -1033,7 +1158,8 @@ def test_cuda_sequence_logps_are_fp32_under_bf16_autocast():
     model, tok = tiny_model()
     model.cuda().eval()
     prompt_ids, prompt_mask = br.encode_prompts(tok, ["the plot", "a long and dull film"], 16, "cuda")
-    seqs = br.join(prompt_ids, prompt_mask, [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14]], tok.pad_token_id)
+    seqs = br.join(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14]],
+                   tok.pad_token_id)
     with torch.no_grad():
         exact = br.sequence_logps(model, *seqs)
         with br.autocast(torch.device("cuda"), torch.bfloat16):
@@ -1909,11 +2035,13 @@ def test_fsdp_generation_gathers_the_weights_once_not_per_token(monkeypatch):
         with br.gathered(model):
             assert len(gathers) == n_modules
             ys = br.sample(model, tok, prompt_ids, prompt_mask, n=2, seed=3, args=args)
-            logps = br.sequence_logps(model, *br.join(prompt_ids, prompt_mask, ys, tok.pad_token_id))
+            logps = br.sequence_logps(model, *br.join(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), ys,
+                                                      tok.pad_token_id))
             assert len(gathers) == n_modules  # nothing more while generating and scoring
         assert ys == br.sample(plain, tok, prompt_ids, prompt_mask, n=2, seed=3, args=args)
         assert max(map(len, ys)) > 8  # long enough for the count below to mean something
-        assert torch.equal(logps, br.sequence_logps(plain, *br.join(prompt_ids, prompt_mask, ys, tok.pad_token_id)))
+        assert torch.equal(logps, br.sequence_logps(plain, *br.join(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1),
+                                                                     ys, tok.pad_token_id)))
         before = len(gathers)
         with torch.no_grad():  # without `gathered`: every block, every token
             model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False, max_new_tokens=8,
@@ -2602,7 +2730,8 @@ def test_smollm2_chat_template_and_masks_with_pad_equal_to_eos(smollm2):
     responses = ys + br.encode_responses(tok, [explicit["chosen"], "A"], 8)  # they end with EOS, as samples do
     assert explicit["chosen"] == good + "<|im_end|>\n"  # the template's end of turn is the EOS, and a newline follows
     assert responses[-2:] == [tok(r, add_special_tokens=False).input_ids + [eos] for r in (good, "A")]  # one EOS
-    ids, mask, response_mask = br.join(prompt_ids, prompt_mask, responses, tok.pad_token_id)  # 3 per prompt
+    ids, mask, response_mask = br.join(prompt_ids.repeat(3, 1), prompt_mask.repeat(3, 1), responses,
+                                       tok.pad_token_id)  # 3 per prompt
     assert response_mask.sum(1).tolist() == [len(y) for y in responses]
     assert torch.equal(br.until_first_eos(ids[:, -response_mask.shape[1]:], eos), response_mask)
     ends = torch.tensor([y[-1] == eos for y in responses])

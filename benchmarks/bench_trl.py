@@ -390,9 +390,9 @@ def worker(a) -> dict:
         result["threads"] = torch.get_num_threads()
         sample = bilevel_rlhf.sample
 
-        def recording_sample(model, tok, prompt_ids, prompt_mask, n, seed, args):  # response lengths of rollouts
-            ys = sample(model, tok, prompt_ids, prompt_mask, n, seed, args)
-            if n == 2:  # training rollouts (the evaluation samples n=1)
+        def recording_sample(model, tok, prompt_ids, prompt_mask, n, seed, args, bucket=0):  # rollouts' lengths
+            ys = sample(model, tok, prompt_ids, prompt_mask, n, seed, args, bucket)
+            if bucket:  # training rollouts (the evaluation takes the default bucket)
                 gen_lengths.append((sum(map(len, ys)) / len(ys), max(map(len, ys))))
             return ys
 

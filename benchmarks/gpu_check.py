@@ -166,10 +166,9 @@ def measure(opts, device, amp_dtype, checkpointing: bool, pairs: int) -> dict:
 
     # training: a synthetic step over the same prompts and fixed-length responses
     responses = [torch.randint(0, 50000, (R,)).tolist() for _ in range(2 * B)]
-    seqs = br.join(prompt_ids, prompt_mask, responses, tok.pad_token_id)  # each (2B, P + R)
+    seqs = br.join(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), responses, tok.pad_token_id)  # (2B, P + R)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, fused=device.type == "cuda")  # as train() makes it
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    on_policy = torch.ones(B, dtype=torch.bool, device=device)
     policy.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -182,7 +181,8 @@ def measure(opts, device, amp_dtype, checkpointing: bool, pairs: int) -> dict:
             with torch.no_grad():
                 ref_logps = br.sequence_logps(ref, *seqs)  # (2B,)
         losses, _, _ = br.sail_loss(policy_logps[:B], policy_logps[B:], ref_logps[:B], ref_logps[B:], beta=0.1,
-                                    response_coef=0.3, label_coef=0.2, on_policy=on_policy, policy_labeled=on_policy)
+                                    response_coef=0.3, label_coef=0.2, log_q=policy_logps[:B] + policy_logps[B:],
+                                    policy_labeled=torch.ones(B, dtype=torch.bool, device=device))
         scaler.scale(losses.mean()).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
