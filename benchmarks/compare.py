@@ -43,6 +43,7 @@ METHODS = {
     "mix": {"design": "mix"},
 }
 LAMBDAS = (0.0, 0.01, 0.1, 1.0)  # the RevKL sweep
+SAMPLES = (2, 4, 8)  # --num-samples k: PR pairs are the best and the worst of k samples
 ABLATIONS = {
     "ipo-token": {"design": "dpo", "loss": "ipo-token"},
     "sail-pr γ=1": {"design": "sail-pr", "pr_coef": 1.0},
@@ -59,17 +60,19 @@ ABLATIONS = {
     "mix r,p,g=0.4,0.3,0.3": {"design": "mix", "dp_fraction": 0.4, "pp_fraction": 0.3, "pr_fraction": 0.3},
     "mix r,p,g=0.24,0.18,0.18": {"design": "mix", "dp_fraction": 0.24, "pp_fraction": 0.18, "pr_fraction": 0.18},
     **{f"sail-pr oracle {rule}": {"design": "sail-pr", "oracle_label": rule} for rule in ("argmax", "sample")},
+    **{f"{d} k={k}": {"design": d, "num_samples": k} for d in ("online-dpo", "sail-pr") for k in SAMPLES},
 }
 # The grid in named parts (--part), each its own table and plot panel: title -> the names it reports.
 PARTS = {
     "designs": ("designs at their defaults", list(METHODS)),
     "ablations": ("coefficients of the bilevel terms, temperature, IPO per token",
                   [n for n in ABLATIONS if "λ=" not in n and "labels" not in n and "r,p,g" not in n
-                   and "oracle" not in n]),
+                   and "oracle" not in n and " k=" not in n]),
     "penalty": ("the RevKL weight λ", [n for n in ABLATIONS if "λ=" in n]),
     "labels": ("self-labels sampled or in expectation; mix fractions",
                [n for n in ABLATIONS if "labels" in n or "r,p,g" in n]),
     "oracle": ("the oracle's label rule", [n for n in ABLATIONS if "oracle" in n]),
+    "samples": ("k samples per PR prompt, the pair the best and the worst", [n for n in ABLATIONS if " k=" in n]),
 }
 
 
@@ -111,7 +114,8 @@ def run(job) -> dict:
     return {"method": name, "seed": seed, "args": dataclasses.asdict(args), "wall_s": wall, "curve": curve,
             "gold/reward": final["gold/reward"],
             "gold/win_rate": final["gold/win_rate"], "objective/kl": final["objective/kl"],
-            "oracle_labels": oracle_labels, **sample_statistics(policy, tok, eval_rows, args),
+            "oracle_labels": oracle_labels, "oracle_queries": oracle_labels * args.num_samples,
+            **sample_statistics(policy, tok, eval_rows, args),
             "steps": [{k: m[k] for k in ("step", "loss", "grad_norm", "objective/sample_kl", "objective/revkl")
                        if k in m} for m in history]}
 
@@ -142,6 +146,27 @@ def markdown(rows: list[dict], reference: dict) -> str:
         lines.append(f"| {r['method']} | {cell('gold/reward')} | {cell('gold/win_rate')} | {cell('objective/kl')} | "
                      f"{cell('wall_s', '{:.0f}')} | {r['oracle_labels'][0]:.0f} | {cell('samples/length', '{:.1f}')} | "
                      f"{cell('samples/distinct_2')} |")
+    return "\n".join(lines)
+
+
+def equal_queries(results: list[dict], names: list[str], steps: int) -> str:
+    """The samples part read at equal oracle queries: a run of k samples at step steps·2/k (its evaluation there; the
+    schedule is constant after the warm-up, so that is where a run of steps·2/k steps would end) against k = 2 at the
+    end, with its wall time prorated to those steps."""
+    lines = ["At equal oracle queries (a run of k samples read at step 2/k of the budget):", "",
+             "| method | step | oracle queries | gold reward | win rate vs ref | KL to ref | wall time (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in names:
+        runs = [r for r in results if r["method"] == name]
+        step = steps * 2 // runs[0]["args"]["num_samples"]
+        points = [next(p for p in r["curve"] if p["step"] == step) for r in runs]
+
+        def cell(values, fmt="{:.3f}"):
+            return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}" if len(values) > 1 else \
+                fmt.format(values[0])
+        lines.append(f"| {name} | {step} | {np.mean([r['oracle_queries'] * step / steps for r in runs]):.0f} | "
+                     + " | ".join(cell([p[k] for p in points]) for k in ("gold/reward", "gold/win_rate", "objective/kl"))
+                     + f" | {cell([r['wall_s'] * step / steps for r in runs], '{:.0f}')} |")
     return "\n".join(lines)
 
 
@@ -232,7 +257,8 @@ def main():
         for name in names:
             overrides = {**({"oracle_label": opts.oracle_label} if opts.oracle_label else {}),
                          **{**METHODS, **ABLATIONS}[name]}
-            args = resolve(overrides, seed, steps, eval_every, len(eval_rows), opts.lr)
+            every = steps // 12 if name in PARTS["samples"][1] else eval_every  # an evaluation at steps·2/k too,
+            args = resolve(overrides, seed, steps, every, len(eval_rows), opts.lr)  # where k costs 2's budget
             key = json.dumps(dataclasses.asdict(args), sort_keys=True)
             if key in first_name:
                 same_as[(name, seed)] = first_name[key]
@@ -262,6 +288,8 @@ def main():
     results = [results[(name, seed)] for seed in range(opts.first_seed, opts.first_seed + seeds) for name in names]
 
     table = markdown(summarize(results, names), ref_eval)
+    samples = [n for n in names if n in PARTS["samples"][1]]
+    table += "\n\n" + equal_queries(results, samples, steps) if samples else ""
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({opts.threads} torch "
                f"thread(s)), torch {torch.__version__}, transformers {transformers.__version__}, Python "
                f"{platform.python_version()}")
