@@ -315,7 +315,12 @@ def static_cache(model, rows: int, args: Args):
 def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args, bucket: int = 0) -> list[list[int]]:
     """n samples per prompt row from the model, as token lists cut after the first EOS: n * B lists ordered [sample 1
     of all B rows; sample 2 of all B; ...]. The seed makes the rollout replayable. With the static cache, calls of up
-    to `bucket` rows (default --batch-size) share one cache of that size."""
+    to `bucket` rows (default --batch-size) share one cache of that size. Under bf16 autocast, from bf16 weights."""
+    if not isinstance(model, FSDPModule) and torch.is_autocast_enabled(model.device.type) and \
+            torch.get_autocast_dtype(model.device.type) == torch.bfloat16 != next(model.parameters()).dtype:
+        # NOTE: autocast would cast every fp32 weight again at every decoding step (it caches casts only in grad mode)
+        owner = (model.model if isinstance(model, AdaptersOff) else model).__dict__  # AdaptersOff: the policy's copy
+        model = owner["_bf16_sampler"] = make_reference(model, torch.bfloat16, into=owner.get("_bf16_sampler"))
     was_training = model.training
     model.eval()  # NOTE: HF turns the KV cache off when gradient checkpointing is on *and* the model is training
     input_ids, attention_mask, extra = prompt_ids.repeat(n, 1), prompt_mask.repeat(n, 1), {}  # (nB, P)
@@ -697,7 +702,7 @@ class Args:
 
     # precision and memory
     device: Optional[str] = arg(None, "cuda, mps or cpu; None = the first available in that order")
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "auto = bf16 on CUDA (else fp16), fp32 elsewhere")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "auto = bf16 on CUDA (else fp16), AMX CPUs (--model)")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (generation keeps its cache)")
     fsdp: bool = arg(False, "under torchrun: shard weights, gradients and AdamW state over the ranks (FSDP2), not DDP")
 
@@ -1445,8 +1450,11 @@ def choose_precision(args: Args, device: torch.device):
     if args.dtype != "auto":
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         return dtype, f"{args.dtype} (--dtype)"
+    if device.type == "cpu" and torch.cpu._is_amx_tile_supported():  # measured: docs/performance.md, bf16 on the CPU
+        return (torch.bfloat16, "bf16 autocast, bf16 sampler and reference (this CPU has AMX units)") if args.model \
+            else (torch.float32, "fp32 (the embedded task's tiny model is slower in bf16, even on this CPU's AMX)")
     if device.type != "cuda":
-        return torch.float32, f"fp32 (no autocast on {device.type})"
+        return torch.float32, f"fp32 (no bf16 matrix units on this {device.type})"
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16, "bf16 autocast (supported by this GPU)"
     return torch.float16, "fp16 autocast with a GradScaler (this GPU has no bf16)"
@@ -1457,15 +1465,22 @@ def autocast(device: torch.device, amp_dtype: torch.dtype):
     return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
 
 
-def make_reference(policy, amp_dtype: torch.dtype):
-    """A frozen copy of the policy: pi_ref. Held in bf16 on CUDA when the run is bf16 (it needs no master copy)."""
-    ref = type(policy)(policy.config).to(next(policy.parameters()).device)
-    ref.load_state_dict(policy.state_dict())
-    ref.generation_config = policy.generation_config  # the same sampling options
-    ref.eval().requires_grad_(False)
-    if amp_dtype == torch.bfloat16 and ref.device.type == "cuda":
-        ref.to(torch.bfloat16)
-    return ref
+@torch.no_grad()
+def make_reference(policy, amp_dtype: torch.dtype, into=None):
+    """A frozen plain copy of the policy, pi_ref: bf16 in a bf16 run (it needs no master copy), else fp32; or `into`,
+    such a copy, rewritten with the policy's weights. LoRA adapters are merged in fp32 first (AdaptersOff: left out)."""
+    base = policy.get_base_model() if hasattr(policy, "peft_config") else policy  # AdaptersOff: its policy's
+    if into is None:  # NOTE: buffers stay fp32 (.to(bf16) would round inv_freq); _from_config sets the config's dtype
+        into = type(base)._from_config(copy.deepcopy(base.config), dtype=torch.bfloat16 if amp_dtype == torch.bfloat16
+                                       else torch.float32).to(base.device).eval().requires_grad_(False)
+        into.generation_config = base.generation_config  # the same sampling options
+    layers = {} if isinstance(policy, AdaptersOff) else dict(base.named_modules())  # where the LoRA layers are
+    weights = into.state_dict()
+    for key, value in base.state_dict().items():
+        if ".lora_" not in key:  # not an adapter's own weights; a LoRA layer's wrapped weight is renamed as in `into`
+            layer, key = layers.get(key.removesuffix(".base_layer.weight")), key.replace(".base_layer", "")
+            weights[key].copy_(value + sum(map(layer.get_delta_weight, layer.active_adapters)) if layer else value)
+    return into
 
 
 def enable_gradient_checkpointing(model):
