@@ -1465,21 +1465,21 @@ def autocast(device: torch.device, amp_dtype: torch.dtype):
     return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
 
 
-@torch.no_grad()
 def make_reference(policy, amp_dtype: torch.dtype, into=None):
     """A frozen plain copy of the policy, pi_ref: bf16 in a bf16 run (it needs no master copy), else fp32; or `into`,
-    such a copy, rewritten with the policy's weights. LoRA adapters are merged in fp32 first (AdaptersOff: left out)."""
-    base = policy.get_base_model() if hasattr(policy, "peft_config") else policy  # AdaptersOff: its policy's
-    if into is None:  # NOTE: buffers stay fp32 (.to(bf16) would round inv_freq); _from_config sets the config's dtype
-        into = type(base)._from_config(copy.deepcopy(base.config), dtype=torch.bfloat16 if amp_dtype == torch.bfloat16
-                                       else torch.float32).to(base.device).eval().requires_grad_(False)
-        into.generation_config = base.generation_config  # the same sampling options
-    layers = {} if isinstance(policy, AdaptersOff) else dict(base.named_modules())  # where the LoRA layers are
-    weights = into.state_dict()
-    for key, value in base.state_dict().items():
-        if ".lora_" not in key:  # not an adapter's own weights; a LoRA layer's wrapped weight is renamed as in `into`
-            layer, key = layers.get(key.removesuffix(".base_layer.weight")), key.replace(".base_layer", "")
-            weights[key].copy_(value + sum(map(layer.get_delta_weight, layer.active_adapters)) if layer else value)
+    such a copy, rewritten with the policy's weights. LoRA adapters are merged in fp32 (autocast off), then cast."""
+    base = policy.get_base_model() if hasattr(policy, "peft_config") else policy  # AdaptersOff: without adapters
+    with torch.no_grad(), torch.autocast(base.device.type, enabled=False), torch.device(base.device):
+        if into is None:  # NOTE: buffers stay fp32 (.to(bf16) rounds inv_freq); _from_config sets the config's dtype
+            dtype = torch.bfloat16 if amp_dtype == torch.bfloat16 else torch.float32
+            into = type(base)._from_config(copy.deepcopy(base.config), dtype=dtype).eval().requires_grad_(False)
+            into.generation_config = base.generation_config  # the same sampling options
+        layers = {} if isinstance(policy, AdaptersOff) else dict(base.named_modules())  # where the LoRA layers are
+        weights = into.state_dict()
+        for key, value in base.state_dict().items():
+            if ".lora_" not in key:  # not an adapter's own weight; a LoRA layer's wrapped one is renamed as in `into`
+                layer, key = layers.get(key.removesuffix(".base_layer.weight")), key.replace(".base_layer", "")
+                weights[key].copy_(value + sum(map(layer.get_delta_weight, layer.active_adapters)) if layer else value)
     return into
 
 

@@ -1206,6 +1206,180 @@ def test_cuda_mixed_precision_training(dtype):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# 6a. bf16 on the CPU: --dtype auto, the bf16 reference and sampler weights, the numerics of bf16 autocast (these run
+# on any CPU: autocast computes in bf16 without bf16 units too, only slower)
+
+CPU = torch.device("cpu")
+FP32_U = 2.0 ** -24  # fp32's unit roundoff (24 significant bits, round to nearest): one rounding moves x by ≤ u|x|
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_is_bf16_for_a_model_on_a_cpu_with_amx_and_fp32_for_the_embedded_task(amx, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)  # the CPU's bf16 matrix units, faked
+    (real, why_real), (embedded, why_embedded) = (br.choose_precision(br.Args(model=m), CPU) for m in ("m", None))
+    assert real == (torch.bfloat16 if amx else torch.float32) and embedded == torch.float32
+    assert ("AMX" in why_real) == amx and ("tiny model" in why_embedded) == amx  # the start-up line says why
+    assert why_real.startswith("bf16" if amx else "fp32 (no bf16 matrix units")
+    assert br.choose_precision(br.Args(model="m", dtype="fp32"), CPU) == (torch.float32, "fp32 (--dtype)")
+    assert br.choose_precision(br.Args(dtype="bf16"), CPU)[0] == torch.bfloat16
+    assert br.choose_precision(br.Args(model="m"), torch.device("mps"))[0] == torch.float32
+
+
+def test_the_bf16_reference_is_the_policy_rounded_once_and_its_buffers_stay_fp32():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tok = tiny_model()
+    torch.manual_seed(0)  # Llama: rotary inv_freq is a floating-point buffer
+    policy = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=4, intermediate_size=64)).eval()
+    config_dtype = policy.config.dtype
+    ref = br.make_reference(policy, torch.bfloat16)
+    assert not ref.training and list(ref.state_dict()) == list(policy.state_dict())
+    for (name, p), q in zip(policy.named_parameters(), ref.parameters()):
+        assert q.dtype == torch.bfloat16 and not q.requires_grad and torch.equal(q, p.to(torch.bfloat16)), name
+    buffers = list(zip(policy.named_buffers(), ref.buffers()))
+    assert buffers and all(b.dtype == c.dtype == torch.float32 and torch.equal(b, c) for (_, b), c in buffers)
+    assert next(policy.parameters()).dtype == torch.float32 and policy.config.dtype == config_dtype  # untouched
+    fp32 = br.make_reference(policy, torch.float32)
+    assert all(torch.equal(p, q) for p, q in zip(policy.parameters(), fp32.parameters()))
+
+
+def test_bf16_sampling_draws_from_a_bf16_copy_with_the_adapters_merged_rewritten_at_each_call():
+    import copy
+
+    policy, base, tok = lora_policy()
+    prompt_ids, prompt_mask = br.encode_prompts(tok, ["the plot", "i loved the film . it was"], 64, "cpu")
+    args = br.validate(br.Args(max_new_tokens=6, output_dir="unused"))
+
+    def train_adapters(seed):  # lora_B starts at zero: give the adapters weights, as training would
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.1)
+
+    def draw(model, dtype=torch.bfloat16):
+        with br.autocast(CPU, dtype):
+            return br.sample(model, tok, prompt_ids, prompt_mask, n=2, seed=3, args=args)
+
+    def rounded(state):  # each weight rounded once to bf16
+        return {k: v.to(torch.bfloat16) for k, v in state.items()}
+
+    def same(copy_, expected):
+        return list(copy_.state_dict()) == list(expected) and all(
+            v.dtype == torch.bfloat16 and torch.equal(v, expected[k]) for k, v in copy_.state_dict().items())
+
+    draw(policy, torch.float32)
+    assert "_bf16_sampler" not in policy.__dict__  # fp32: the policy itself
+    train_adapters(1)
+    frozen = {k: v.clone() for k, v in policy.state_dict().items()}
+    ys = draw(policy)
+    snapshot = policy._bf16_sampler  # peft's own merge, on a copy, rounded once: the same weights
+    assert same(snapshot, rounded(copy.deepcopy(policy).merge_and_unload().state_dict()))
+    with torch.inference_mode():
+        assert ys == br.sample(snapshot, tok, prompt_ids, prompt_mask, n=2, seed=3, args=args)  # its samples
+    assert all(torch.equal(v, frozen[k]) for k, v in policy.state_dict().items())  # master weights untouched
+    train_adapters(2)  # a step later: the same copy, holding the new weights
+    draw(policy)
+    assert policy._bf16_sampler is snapshot and same(snapshot, rounded(copy.deepcopy(policy).merge_and_unload()
+                                                                        .state_dict()))
+    draw(br.AdaptersOff(policy))  # pi_ref samples from the same copy, holding the base model's weights
+    assert policy._bf16_sampler is snapshot and same(snapshot, rounded(base.state_dict()))
+
+
+def bf16_and_fp32(model, ref, tok):
+    """Two pairs (y_w, y_l) of the same prompt each, scored as the training step scores them, in fp32 and in bf16
+    autocast: per dtype the logits (N, R, V) of the policy and of the reference, the token log-probs and KL_t (N, R),
+    sequence log-probs of both (N,) and Δ of the pairs (2,)."""
+    responses = [encode(tok, "was great .", True), encode(tok, "was dull . i", False),
+                 encode(tok, "great . i loved", False), encode(tok, "was", True)]
+    seqs = br.join(*br.encode_prompts(tok, ["the plot", "the plot", "it", "it"], 64, "cpu"), responses,
+                   tok.pad_token_id)
+    mask, labels = seqs[2], seqs[0][:, -seqs[2].shape[1]:]
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.no_grad(), br.autocast(CPU, dtype):
+            logits, ref_logits = br.response_logits(model, *seqs), br.response_logits(ref, *seqs)
+            ref_tokens, ref_vocab = br.reference_logprobs(ref, *seqs, vocab=True)
+            token_logps, kl = br.token_logps_and_kl(logits, labels, ref_vocab)
+        seq, ref_seq = (token_logps * mask).sum(1), (ref_tokens * mask).sum(1)
+        delta = (seq[0::2] - ref_seq[0::2]) - (seq[1::2] - ref_seq[1::2])  # pairs (0, 1) and (2, 3)
+        out[dtype] = SimpleNamespace(logits=logits, ref_logits=ref_logits, ref_tokens=ref_tokens, ref_vocab=ref_vocab,
+                                     token_logps=token_logps, kl=kl, seq=seq, ref_seq=ref_seq, delta=delta)
+    return out, mask, labels
+
+
+def test_bf16_autocast_keeps_the_log_softmax_the_kl_and_every_loss_term_in_fp32(monkeypatch):
+    """What bf16 autocast computes in bf16 is the matrix products, the logits included; everything from the logits on
+    is fp32: the log-softmax over the vocabulary (the policy's and the reference's), KL_t, and what rollout_loss
+    builds from them (Δ, the self-labels' probabilities, the weights of terms (2) and (3), the penalty's value)."""
+    model, ref, tok = two_models()
+    runs, mask, labels = bf16_and_fp32(model, ref, tok)
+    got = runs[torch.bfloat16]
+    assert got.logits.dtype == got.ref_logits.dtype == torch.bfloat16  # the products really ran in bf16
+    assert {t.dtype for t in (got.token_logps, got.kl, got.ref_tokens, got.ref_vocab)} == {torch.float32}
+    # values: the same bf16 logits through float64. An fp32 log-softmax is a few roundings (FP32_U) of numbers of
+    # magnitude ≤ max|z| + log V per position (z − max, the log of the sum, their difference): 8 roundings of that
+    # bound it, ~1e-6 here; a log-softmax in bf16 would round log p to 8 bits (2^-8·|log p| ≈ 1e-2), far above
+    V = got.logits.shape[-1]
+    tol = 8 * FP32_U * (got.logits.float().abs().amax(-1) + math.log(V))  # (N, R)
+    tol_ref = 8 * FP32_U * (got.ref_logits.float().abs().amax(-1) + math.log(V))
+    a, b = got.ref_logits.double().log_softmax(-1), got.logits.double().log_softmax(-1)  # (N, R, V)
+    assert ((got.ref_vocab - a).abs() <= tol_ref.unsqueeze(-1)).all()
+    assert ((got.token_logps - b.gather(-1, labels.unsqueeze(-1)).squeeze(-1)).abs() <= tol).all()
+    # KL_t = Σ_v p_v (a_v − b_v) moves by ≤ max|δa| + max|δb| + Σ_v |δp_v| |a_v − b_v|, |δp_v| ≤ p_v (e^max|δa| − 1)
+    exact_kl = (a.exp() * (a - b)).sum(-1)
+    kl_tol = tol_ref + tol + (tol_ref.double().exp() - 1) * (a.exp() * (a - b).abs()).sum(-1) + 4 * FP32_U * exact_kl
+    assert ((got.kl - exact_kl).abs() <= kl_tol).all() and exact_kl.min() > 0.01  # not vacuous: the models differ
+
+    seen = {}  # rollout_loss in bf16: what its loss is built from, and its outputs
+    sail_loss = br.sail_loss
+
+    def spy(*logps, **kwargs):
+        result = sail_loss(*logps, **kwargs)
+        seen.update(inputs={t.dtype for t in logps + (kwargs["log_q"], kwargs["response_coef"])},
+                    outputs={t.dtype for t in result})
+        return result
+    monkeypatch.setattr(br, "sail_loss", spy)
+    prompt_ids, prompt_mask = br.encode_prompts(tok, ["the plot", "it", "i loved the film . it was"], 64, "cpu")
+    responses = [encode(tok, "was great .", True), encode(tok, "was", False), encode(tok, "great .", True)]
+    for self_labels in ("sample", "expect"):  # DP (self-labelled), PP (self-labelled, sampled), PR (sampled)
+        rollout = br.Rollout(torch.tensor([br.DP, br.PP, br.PR]), prompt_ids, prompt_mask,
+                             responses + responses[::-1], torch.arange(3).repeat(2), torch.arange(6).view(2, 3).T,
+                             torch.ones(3, dtype=torch.bool), torch.full((3,), 0.5, dtype=f64))
+        args = br.Args(design="mix", beta=0.1, revkl_coef=0.5, self_labels=self_labels)
+        loss, stats = br.rollout_loss(args, model, ref, rollout, tok.pad_token_id, torch.bfloat16)
+        assert seen == {"inputs": {torch.float32}, "outputs": {torch.float32}}, self_labels
+        assert loss.dtype == stats["objective/revkl"].dtype == stats["rewards/margins"].dtype == torch.float32
+
+
+def test_bf16_autocast_log_probs_delta_and_kl_are_fp32s_up_to_the_bf16_rounding_of_the_logits():
+    """Against fp32 on the same inputs. In bf16 autocast the logits are the one quantity computed in bf16 that the
+    log-probs, Δ and KL_t are made of (the previous test: everything after them is fp32), so their bf16 rounding error
+    e = z_bf16 − z_fp32 bounds those of the rest exactly: log softmax(z + e)_y − log softmax(z)_y = e_y − (lse(z + e) −
+    lse(z)), and lse(z + e) − lse(z) lies in [min e, max e], so a token's log-prob moves by at most the spread
+    max_v e − min_v e at its position (likewise the reference's); a sequence by the sum of its tokens', Δ by the sum
+    of its four sequences', KL_t as in the previous test. Plus the fp32 slack of the previous test."""
+    model, ref, tok = two_models()
+    runs, mask, labels = bf16_and_fp32(model, ref, tok)
+    exact, got = runs[torch.float32], runs[torch.bfloat16]
+    e, e_ref = got.logits.float() - exact.logits, got.ref_logits.float() - exact.ref_logits  # (N, R, V)
+    assert e.abs().max() > 0 and e_ref.abs().max() > 0  # bf16 ran: the comparison is not between equal numbers
+    V = e.shape[-1]
+    slack = 16 * FP32_U * (exact.logits.abs().amax(-1) + math.log(V))  # two fp32 log-softmaxes, (N, R)
+    slack_ref = 16 * FP32_U * (exact.ref_logits.abs().amax(-1) + math.log(V))
+    spread, spread_ref = e.amax(-1) - e.amin(-1) + slack, e_ref.amax(-1) - e_ref.amin(-1) + slack_ref  # (N, R)
+    assert ((got.token_logps - exact.token_logps).abs() <= spread).all()
+    assert ((got.ref_tokens - exact.ref_tokens).abs() <= spread_ref).all()
+    seq_tol, ref_seq_tol = (spread * mask).sum(1), (spread_ref * mask).sum(1)  # (N,)
+    assert ((got.seq - exact.seq).abs() <= seq_tol).all() and ((got.ref_seq - exact.ref_seq).abs() <= ref_seq_tol).all()
+    delta_tol = (seq_tol + ref_seq_tol)[0::2] + (seq_tol + ref_seq_tol)[1::2]
+    assert ((got.delta - exact.delta).abs() <= delta_tol).all()
+    a, b = exact.ref_vocab, exact.logits.log_softmax(-1)  # the fp32 log-softmaxes, (N, R, V)
+    kl_tol = spread_ref + spread + (spread_ref.exp() - 1) * (a.exp() * (a - b).abs()).sum(-1)
+    assert ((got.kl - exact.kl).abs() <= kl_tol).all() and exact.kl.min() > 0.01
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # 7. Preference data: formats, cleaning, held-out prompts
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
