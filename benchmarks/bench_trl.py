@@ -126,9 +126,12 @@ NOTES = [
      "is_gradient_checkpointing / gradient_checkpointing_disable are deprecated (renamed "
      "activation_checkpointing*); importing trl.experimental warns that the API is unstable"),
 ]
-METHODS = ("online-dpo", "sail-pr", "mix", "trl-default", "trl-flipped", "online-dpo-gc")
-TOY_METHODS = METHODS[:5]  # the default without --real (online-dpo-gc on request)
-REAL_METHODS = ("online-dpo", "online-dpo-gc", "trl-flipped", "trl-default")
+METHODS = ("online-dpo", "sail-pr", "mix", "trl-default", "trl-flipped", "online-dpo-gc", "online-dpo-bf16",
+           "trl-flipped-bf16")
+TOY_METHODS = METHODS[:5]  # the default without --real (online-dpo-gc and the bf16 rows on request)
+# -bf16: bf16 autocast on the CPU (this project: amp_dtype bf16, its bf16 sampler copy and, without LoRA, reference;
+# TRL: bf16=True); the others fp32
+REAL_METHODS = ("online-dpo", "online-dpo-bf16", "online-dpo-gc", "trl-flipped", "trl-flipped-bf16", "trl-default")
 PHASES = ("generation", "reference", "policy forward", "labelling", "backward", "optimizer + rest")
 REAL_MAX_PROMPT_LENGTH = 256  # the chat prompts are ~40 tokens; nothing is cut
 
@@ -343,6 +346,7 @@ def worker(a) -> dict:
 
     real = a.model != "toy"
     seed = a.repeat - 1
+    method, amp = a.worker.removesuffix("-bf16"), torch.bfloat16 if a.worker.endswith("-bf16") else torch.float32
     with open(os.path.join(a.workdir, "rows.json")) as f:
         data = json.load(f)
     rows, eval_rows = data["rows"], data["eval_rows"]
@@ -363,9 +367,10 @@ def worker(a) -> dict:
         tok = AutoTokenizer.from_pretrained(model_dir)
         policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         assert tok.pad_token_id != tok.eos_token_id
-    args = project_args(a, "online-dpo" if is_trl else a.worker, seed)
-    # pi_ref: a frozen copy of the weights; with LoRA the policy with its adapters off (both sides: no second copy)
-    ref = None if a.lora_r else bilevel_rlhf.make_reference(policy, torch.float32)
+    args = project_args(a, "online-dpo" if is_trl else method, seed)
+    # pi_ref: a frozen copy of the weights (in bf16 in this project's bf16 runs, as bilevel_rlhf.main holds it); with
+    # LoRA the policy with its adapters off (both sides: no second copy)
+    ref = None if a.lora_r else bilevel_rlhf.make_reference(policy, torch.float32 if is_trl else amp)
     if a.lora_r and not is_trl:
         policy = bilevel_rlhf.add_lora(policy, args)  # LoraConfig(r, alpha, dropout 0, target_modules="all-linear")
         ref = bilevel_rlhf.AdaptersOff(policy)
@@ -411,7 +416,7 @@ def worker(a) -> dict:
             log = lambda metrics: timer.snapshot()  # noqa: E731  (after each step and its evaluation)
         result["rss_before_train_mib"] = maxrss_mib()
         t0 = time.perf_counter()
-        history = bilevel_rlhf.train(args, policy, ref, tok, rows, oracle, eval_rows, log=log)
+        history = bilevel_rlhf.train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype=amp, log=log)
         if timer:
             for k, fn in saved.items():
                 setattr(bilevel_rlhf, k, fn)
@@ -429,7 +434,7 @@ def worker(a) -> dict:
         result["eval_s"] = None
     else:
         default_gc = OnlineDPOConfig.__dataclass_fields__["gradient_checkpointing"].default
-        gc_kwargs = {} if a.worker == "trl-default" else {"gradient_checkpointing": not default_gc}
+        gc_kwargs = {} if method == "trl-default" else {"gradient_checkpointing": not default_gc}
         # The exact prompt sequence this project's run of the same seed visits, read in order (real: the messages,
         # which TRL renders with the chat template as this project did)
         order = [rows[i] for step in range(a.steps)
@@ -443,7 +448,7 @@ def worker(a) -> dict:
             max_new_tokens=a.max_new_tokens,
             max_length=args.max_prompt_length + a.max_new_tokens if real else bilevel_rlhf.EMBEDDED_CONTEXT,
             temperature=1.0, top_p=1.0, top_k=0, use_vllm=False, use_cpu=True,
-            bf16=False, fp16=False,  # NOTE: TRL defaults to bf16=True (even on a CPU); ours is fp32 on CPU
+            bf16=amp == torch.bfloat16, fp16=False,  # NOTE: TRL defaults to bf16=True (even on a CPU): set
             save_strategy="no", eval_strategy="no", logging_steps=10, disable_tqdm=True,
             train_sampling_strategy="sequential", dataloader_num_workers=0, seed=seed, data_seed=seed,
             **gc_kwargs)
@@ -524,7 +529,7 @@ def worker(a) -> dict:
         # the same evaluation as this project's (train() runs it after its last step), outside the timed loop
         policy.eval()
         t0 = time.perf_counter()
-        result["eval"] = bilevel_rlhf.evaluate(policy, ref, tok, eval_rows, oracle, args)
+        result["eval"] = bilevel_rlhf.evaluate(policy, ref, tok, eval_rows, oracle, args, amp)  # ours: train()'s
         result["eval_s"] = time.perf_counter() - t0
 
     if a.lora_r:
@@ -579,6 +584,8 @@ LABELS = {
     "mix": "this project: mix (r/p/g {mix}, self-labels in expectation)",
     "trl-default": "TRL OnlineDPOTrainer, default (gradient checkpointing {gc})",
     "trl-flipped": "TRL OnlineDPOTrainer, gradient checkpointing {gc}",
+    "online-dpo-bf16": "this project: online-dpo, bf16",
+    "trl-flipped-bf16": "TRL OnlineDPOTrainer, gradient checkpointing {gc}, bf16=True",
 }
 
 
@@ -629,8 +636,12 @@ def summarise(a, runs: list[dict], info: dict, reference_eval: dict, wall_s: flo
     for m, s in methods.items():
         if "samples_per_s_median" not in s:
             continue
-        if best_trl:
+        if best_trl and not m.endswith("-bf16"):
             s["ratio_vs_best_trl"] = s["samples_per_s_median"] / methods[best_trl]["samples_per_s_median"]
+        if m.endswith("-bf16"):  # against TRL's bf16 row (at the same dtype) and against its own fp32 row
+            for key, other in (("ratio_vs_best_trl", "trl-flipped-bf16"), ("ratio_vs_fp32", m.removesuffix("-bf16"))):
+                if "samples_per_s_median" in methods.get(other, {}):
+                    s[key] = s["samples_per_s_median"] / methods[other]["samples_per_s_median"]
         if "samples_per_s_median" in methods.get("online-dpo", {}) and m in ("sail-pr", "mix"):
             s["ratio_vs_online_dpo"] = s["samples_per_s_median"] / methods["online-dpo"]["samples_per_s_median"]
     # the issue's goal (20, part 5): this project's online DPO at >= 1.2x TRL's fastest setting in samples/s with
@@ -742,28 +753,31 @@ def markdown_real(summary: dict) -> str:
          f"{checks}). Oracle: VADER's compound sentiment score of the response (a Python function on both sides)."),
         (f"Settings: {st['steps']} steps x {st['batch_size_prompts']} prompts x 2 completions, max_new_tokens "
          f"{st['max_new_tokens']}, lr {st['lr']} ({st['warmup_steps']} warm-up steps), beta {st['beta']}, "
-         f"temperature 1, no top-k/top-p, fp32 on CPU, {st['repeats']} repeats (seeds {st['seeds']}; "
+         f"temperature 1, no top-k/top-p, fp32 on CPU (rows marked bf16: bf16 autocast, master weights fp32), "
+         f"{st['repeats']} repeats (seeds {st['seeds']}; "
          f"{', '.join(st['once']) or 'none'} in the first only), methods interleaved within a repeat, each run in a "
          f"process of its own; eval on {st['eval_prompts']} prompts. Full run: {summary['wall_s']:.0f} s "
          f"({summary['command']})."),
         "",
-        ("| method | samples/s (median) [min-max] | vs best TRL | step s (median) | response tokens (mean / max) | "
-         "peak RSS MiB (before loop) | training peak MiB | VADER reward | win rate | KL (nats) |"),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ("| method | samples/s (median) [min-max] | vs best TRL (same dtype) | vs its fp32 row | step s (median) | "
+         "response tokens (mean / max) | peak RSS MiB (before loop) | training peak MiB | VADER reward | win rate | "
+         "KL (nats) |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     ref = summary["reference_eval"]
     for m, s in summary["methods"].items():
         if "samples_per_s_median" not in s:
-            lines.append(f"| {m} | FAILED: {s['errors'][:1]} | | | | | | | | |")
+            lines.append(f"| {m} | FAILED: {s['errors'][:1]} | | | | | | | | | |")
             continue
+        vs_fp32 = f"{s['ratio_vs_fp32']:.2f}x" if "ratio_vs_fp32" in s else ""
         lines.append(
             f"| {s['label']} | {s['samples_per_s_median']:.2f} [{s['samples_per_s_min']:.2f}-"
-            f"{s['samples_per_s_max']:.2f}] | {s.get('ratio_vs_best_trl', float('nan')):.2f}x | "
+            f"{s['samples_per_s_max']:.2f}] | {s.get('ratio_vs_best_trl', float('nan')):.2f}x | {vs_fp32} | "
             f"{s['step_s_median']:.1f} | {s['response_tokens_mean']:.1f} / {s['response_tokens_max_mean']:.1f} | "
             f"{s['peak_rss_mib_mean']:.0f} ({s['rss_before_train_mib_mean']:.0f}) | "
             f"{s['training_peak_mib_mean']:.0f} | {s['gold_reward_mean']:.3f} ± {s['gold_reward_std']:.3f} | "
             f"{s['win_rate_mean']:.3f} | {s['kl_mean']:.3f} ± {s['kl_std']:.3f} |")
-    lines.append(f"| reference (before training) | | | | | | | {ref['gold/reward']:.3f} | "
+    lines.append(f"| reference (before training) | | | | | | | | {ref['gold/reward']:.3f} | "
                  f"{ref['gold/win_rate']:.3f} | {ref['objective/kl']:.3f} |")
     with_phases = {m: s for m, s in summary["methods"].items() if "phases_s" in s}
     if with_phases:
@@ -789,6 +803,12 @@ def markdown_real(summary: dict) -> str:
                        f"{'met' if goal['memory_met'] else 'not met'}. Against TRL's leanest setting "
                        f"({goal['leanest_trl']}): {goal['speed_ratio_vs_leanest_trl']:.2f}x the samples/s, "
                        f"{more_or_less(goal['peak_rss_saving_vs_leanest_trl'])} peak RSS.")]
+    bf16 = summary["methods"].get("online-dpo-bf16", {})
+    if "ratio_vs_fp32" in bf16:  # issue 28's goals
+        lines += ["", (f"Goals for online-dpo-bf16: >= 1.6x its fp32 row: {bf16['ratio_vs_fp32']:.2f}x, "
+                       f"{'met' if bf16['ratio_vs_fp32'] >= 1.6 else 'not met'}; >= 1.2x TRL at bf16 "
+                       f"(bf16=True): {bf16.get('ratio_vs_best_trl', float('nan')):.2f}x, "
+                       f"{'met' if bf16.get('ratio_vs_best_trl', 0) >= 1.2 else 'not met'}.")]
     lines += ["", ("samples/s: prompts x 2 / summed step time, steps 2..N, median over repeats; peak RSS: ru_maxrss "
                    "of the worker (imports, model, training, evaluation), mean over repeats, in brackets before the "
                    "training loop; training peak: peak minus before-loop. VADER reward, win rate against the "

@@ -64,6 +64,9 @@ def main():
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="bilevel_rlhf's --dtype (auto: bf16 on a CPU with AMX, else fp32; README says which each "
+                        "table used)")
     p.add_argument("--show", type=int, default=5, help="evaluation prompts shown side by side (the first ones)")
     p.add_argument("--output-dir", default=os.path.join(ROOT, "runs", "demo"))
     p.add_argument("--results", default=os.path.join(HERE, "results", "demo.md"))
@@ -73,7 +76,9 @@ def main():
     flags = ["--model", model_dir, "--dataset", TRAIN, "--eval-split", EVAL, "--reward-fn", REWARD_FN,
              "--design", opts.design, "--pr-fraction", "1", "--oracle-label", opts.oracle_label, "--lora-r", "16",
              "--batch-size", "8", "--max-new-tokens", "24", "--lr", str(opts.lr), "--steps", str(opts.steps),
-             "--eval-every", "10", "--seed", str(opts.seed), "--output-dir", opts.output_dir, "--overwrite"]
+             "--eval-every", "10", "--seed", str(opts.seed), "--output-dir", opts.output_dir, "--overwrite",
+             "--dtype", opts.dtype]
+    precision = br.choose_precision(br.Args(model=model_dir, dtype=opts.dtype), torch.device("cpu"))[1]
     result = br.main(flags)
     t_train = time.perf_counter() - t0
 
@@ -100,7 +105,7 @@ def main():
         "half; KL: Monte-Carlo KL(π_θ ‖ π_ref) in nats per response).",
         "",
         f"Design `{opts.design}` (`--pr-fraction 1`), `--oracle-label {opts.oracle_label}`, LoRA r 16, 8 pairs × 24 "
-        f"tokens per step, lr {opts.lr:g}, {opts.steps} steps, seed {opts.seed}.",
+        f"tokens per step, lr {opts.lr:g}, {opts.steps} steps, seed {opts.seed}; precision: {precision}.",
         "",
         f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, "
         f"{torch.get_num_threads()} torch threads; 1-minute load average {load0[0]:.1f} just before the start (other "

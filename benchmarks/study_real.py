@@ -82,7 +82,7 @@ def run(design: str, seed: int, opts, model_dir: str, pairs: str) -> dict:
              "--design", design, "--oracle-label", "argmax", "--lora-r", "16", "--batch-size", str(opts.batch_size),
              "--max-new-tokens", str(opts.max_new_tokens), "--lr", str(opts.lr), "--steps", str(opts.steps),
              "--eval-every", str(opts.eval_every), "--seed", str(seed), "--output-dir", out, "--overwrite",
-             "--save-every", "0"]
+             "--save-every", "0", "--dtype", opts.dtype]
     done = os.path.join(out, "result.json")
     if os.path.isfile(done) and not opts.fresh and json.load(open(done))["flags"] == flags:
         return json.load(open(done))  # this run, finished before with the same flags
@@ -165,6 +165,8 @@ def main():
     p.add_argument("--pairs-per-prompt", type=int, default=2, help="offline pairs sampled per training prompt")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, each a process (results do not depend on it)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--dtype", default="fp32", choices=("auto", "fp32", "bf16"),
+                   help="bilevel_rlhf's --dtype (default fp32: the documented table's; auto = bf16 on a CPU with AMX)")
     p.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS)
     p.add_argument("--fresh", action="store_true", help="train every run again (default: keep finished runs)")
     p.add_argument("--results", default=os.path.join(HERE, "results", "study_real"))
