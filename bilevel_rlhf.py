@@ -1454,7 +1454,7 @@ def choose_precision(args: Args, device: torch.device):
         return (torch.bfloat16, "bf16 autocast, bf16 sampler and reference (this CPU has AMX units)") if args.model \
             else (torch.float32, "fp32 (the embedded task's tiny model is slower in bf16, even on this CPU's AMX)")
     if device.type != "cuda":
-        return torch.float32, f"fp32 (no bf16 matrix units on this {device.type})"
+        return torch.float32, f"fp32 (bf16 on CUDA and on CPUs with bf16 matrix units only: not on this {device.type})"
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16, "bf16 autocast (supported by this GPU)"
     return torch.float16, "fp16 autocast with a GradScaler (this GPU has no bf16)"

@@ -1219,7 +1219,7 @@ def test_auto_precision_is_bf16_for_a_model_on_a_cpu_with_amx_and_fp32_for_the_e
     (real, why_real), (embedded, why_embedded) = (br.choose_precision(br.Args(model=m), CPU) for m in ("m", None))
     assert real == (torch.bfloat16 if amx else torch.float32) and embedded == torch.float32
     assert ("AMX" in why_real) == amx and ("tiny model" in why_embedded) == amx  # the start-up line says why
-    assert why_real.startswith("bf16" if amx else "fp32 (no bf16 matrix units")
+    assert why_real.startswith("bf16" if amx else "fp32 (bf16 on CUDA and on CPUs with bf16 matrix units only")
     assert br.choose_precision(br.Args(model="m", dtype="fp32"), CPU) == (torch.float32, "fp32 (--dtype)")
     assert br.choose_precision(br.Args(dtype="bf16"), CPU)[0] == torch.bfloat16
     assert br.choose_precision(br.Args(model="m"), torch.device("mps"))[0] == torch.float32
