@@ -2076,7 +2076,8 @@ def test_two_ranks_of_batch_b_average_the_gradient_of_one_rank_of_batch_2b(tiny_
     # over the same 2B pairs. Offline DPO (no sampling: the same data in both runs), one step, no clipping, the
     # gradient the optimizer receives. (The test used to compare weights after several AdamW steps at lr 1e-2:
     # Adam turns rounding-level differences of small gradients into full-size steps, so it measured the float path.)
-    flags = ["--design", "dpo", "--steps", 1, "--warmup-steps", 0, "--max-grad-norm", 0]
+    # fp32: the tolerance below is fp32 rounding's (--dtype auto picks bf16 for a --model on a CPU with AMX)
+    flags = ["--design", "dpo", "--steps", 1, "--warmup-steps", 0, "--max-grad-norm", 0, "--dtype", "fp32"]
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir(), one.mkdir()
     result = torchrun(two, 2, tiny_flags(tiny_files, two / "run", *flags, "--batch-size", 2),
@@ -2161,7 +2162,7 @@ def test_fsdp_gives_the_gradient_of_ddp(tiny_files, tmp_path):
     # different split of the batch. The scale is checked on its own as well: on Gloo, FSDP2's reduce-scatter was
     # reported to sum instead of average (PyTorch issue 162338), a factor of 2.
     flags = ["--design", "mix", "--steps", 1, "--warmup-steps", 0, "--max-grad-norm", 0, "--grad-accum", 2,
-             "--batch-size", 2]
+             "--batch-size", 2, "--dtype", "fp32"]  # fp32: an EPS32 tolerance (auto: bf16 on a CPU with AMX)
     runs = {name: tmp_path / name for name in ("fsdp", "ddp")}
     for name, folder in runs.items():
         folder.mkdir()
