@@ -23,8 +23,9 @@ response (`vader_reward`, the vaderSentiment package), a Python reward function 
 reward_funcs accepts callables f(prompts=, completions=, completion_ids=, ...)). Methods: online-dpo, online-dpo-gc
 (the same with --gradient-checkpointing: the setting that matches TRL's default in memory), trl-flipped (TRL with
 gradient checkpointing off) and trl-default (on; TRL then generates without the KV cache, ~3x slower per step here,
-so it runs in the first repeat only: --once); 4 steps (step 1 excluded), 2 repeats, 16 eval prompts; ~10-15 min on
-2 CPUs. The step's time split (--split, on with --real): timers around this project's `sample`,
+so it runs in the first repeat only: --once), and the bf16 rows online-dpo-bf16 and trl-flipped-bf16 (bf16 autocast,
+master weights fp32: this project's amp_dtype bf16 with its bf16 sampler copy, TRL's bf16=True); 4 steps (step 1
+excluded), 2 repeats, 16 eval prompts; ~15-20 min on 2 CPUs. The step's time split (--split, on with --real): timers around this project's `sample`,
 `reference_logprobs` (which calls `response_logits` and `token_logps_and_kl` itself: not counted again as the
 policy's), `response_logits` + `token_logps_and_kl` (the policy forward), `ask_oracle`, with `evaluate` paused;
 around TRL's `_generate`, `_forward` (under no_grad: the reference, else the policy) and
@@ -73,7 +74,8 @@ Differences in TRL 1.16's OnlineDPOTrainer that this benchmark sets or reports (
   - gradient checkpointing is on by default (TRL's _BaseConfig overrides TrainingArguments); with it on, TRL also
     generates with use_cache=False (no KV cache: every new token re-runs the whole prefix), although it switches
     checkpointing off around generate(); this project keeps the KV cache under --gradient-checkpointing
-  - bf16 defaults to True (`bf16 = not fp16`), even on a CPU: set to False here, so both sides train in fp32
+  - bf16 defaults to True (`bf16 = not fp16`), even on a CPU: set to False here, so both sides train in fp32 (the
+    -bf16 rows set it to True, and run this project with amp_dtype bf16)
   - the default learning rate is 5e-7 and temperature 0.9: set to the benchmark's lr and to 1.0
   - labels: TRL takes the higher reward and gives ties to the first sample; this project draws a Bradley-Terry label
     (--oracle-label sample, its default when this was measured; argmax, now the default, is the deterministic rule)
