@@ -25,8 +25,8 @@ reward_funcs accepts callables f(prompts=, completions=, completion_ids=, ...)).
 gradient checkpointing off) and trl-default (on; TRL then generates without the KV cache, ~3x slower per step here,
 so it runs in the first repeat only: --once), and the bf16 rows online-dpo-bf16 and trl-flipped-bf16 (bf16 autocast,
 master weights fp32: this project's amp_dtype bf16 with its bf16 sampler copy, TRL's bf16=True); 4 steps (step 1
-excluded), 2 repeats, 16 eval prompts; ~15-20 min on 2 CPUs. The step's time split (--split, on with --real): timers around this project's `sample`,
-`reference_logprobs` (which calls `response_logits` and `token_logps_and_kl` itself: not counted again as the
+excluded), 2 repeats, 16 eval prompts; ~15-20 min on 2 CPUs. The step's time split (--split, on with --real): timers
+around this project's `sample`, `reference_logprobs` (which calls `response_logits` and `token_logps_and_kl` itself: not counted again as the
 policy's), `response_logits` + `token_logps_and_kl` (the policy forward), `ask_oracle`, with `evaluate` paused;
 around TRL's `_generate`, `_forward` (under no_grad: the reference, else the policy) and
 `_calculate_rewards_from_functions`; and around Tensor.backward in both; the rest of the step is "optimizer + rest".
