@@ -1451,7 +1451,7 @@ def choose_precision(args: Args, device: torch.device):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         return dtype, f"{args.dtype} (--dtype)"
     if device.type == "cpu" and torch.cpu._is_amx_tile_supported():  # measured: docs/performance.md, bf16 on the CPU
-        return (torch.bfloat16, "bf16 autocast, bf16 sampler and reference (this CPU has AMX units)") if args.model \
+        return (torch.bfloat16, "bf16 autocast and a bf16 sampler (this CPU has AMX units)") if args.model \
             else (torch.float32, "fp32 (the embedded task's tiny model is slower in bf16, even on this CPU's AMX)")
     if device.type != "cuda":
         return torch.float32, f"fp32 (bf16 on CUDA and on CPUs with bf16 matrix units only: not on this {device.type})"
@@ -1466,10 +1466,9 @@ def autocast(device: torch.device, amp_dtype: torch.dtype):
 
 
 def make_reference(policy, amp_dtype: torch.dtype, into=None):
-    """A frozen plain copy of the policy, pi_ref: bf16 in a bf16 run (it needs no master copy), else fp32; or `into`,
-    such a copy, rewritten with the policy's weights. LoRA adapters are merged in fp32 (autocast off), then cast."""
+    """A frozen plain copy of the policy (pi_ref), bf16 if amp_dtype is, else fp32; or `into` given its weights."""
     base = policy.get_base_model() if hasattr(policy, "peft_config") else policy  # AdaptersOff: without adapters
-    with torch.no_grad(), torch.autocast(base.device.type, enabled=False), torch.device(base.device):
+    with torch.no_grad(), torch.autocast(base.device.type, enabled=False), torch.device(base.device):  # merge in fp32
         if into is None:  # NOTE: buffers stay fp32 (.to(bf16) rounds inv_freq); _from_config sets the config's dtype
             dtype = torch.bfloat16 if amp_dtype == torch.bfloat16 else torch.float32
             into = type(base)._from_config(copy.deepcopy(base.config), dtype=dtype).eval().requires_grad_(False)
@@ -1650,7 +1649,8 @@ def main(argv=None) -> dict:
     if world > 1:  # every rank starts from rank 0's weights (the embedded task is built on each rank)
         for t in policy.state_dict().values():
             dist.broadcast(t, src=0)
-    ref = AdaptersOff(policy) if args.lora_r else make_reference(policy, amp_dtype)
+    ref = AdaptersOff(policy) if args.lora_r else make_reference(  # fp32 on the CPU: a bf16 model runs slower there
+        policy, torch.float32 if device.type == "cpu" else amp_dtype)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     print(f"policy: {args.model or 'embedded tiny GPT-2'} ({sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M "

@@ -370,9 +370,9 @@ def worker(a) -> dict:
         policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         assert tok.pad_token_id != tok.eos_token_id
     args = project_args(a, "online-dpo" if is_trl else method, seed)
-    # pi_ref: a frozen copy of the weights (in bf16 in this project's bf16 runs, as bilevel_rlhf.main holds it); with
-    # LoRA the policy with its adapters off (both sides: no second copy)
-    ref = None if a.lora_r else bilevel_rlhf.make_reference(policy, torch.float32 if is_trl else amp)
+    # pi_ref: a frozen copy of the weights, fp32 (bilevel_rlhf.main's on the CPU, in bf16 runs too); with LoRA the
+    # policy with its adapters off (both sides: no second copy)
+    ref = None if a.lora_r else bilevel_rlhf.make_reference(policy, torch.float32)
     if a.lora_r and not is_trl:
         policy = bilevel_rlhf.add_lora(policy, args)  # LoraConfig(r, alpha, dropout 0, target_modules="all-linear")
         ref = bilevel_rlhf.AdaptersOff(policy)
