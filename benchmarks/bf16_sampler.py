@@ -1,7 +1,8 @@
 """bf16 on the CPU, piece by piece, on SmolLM2-135M-Instruct with LoRA r 16 (adapters given random weights, as after
 training): `generate()` of 24 new tokens for 16 rows (8 chat prompts x 2 samples) through `bilevel_rlhf.sample` in
 fp32 and under bf16 autocast (which samples from the bf16 copy, its rewrite included), a forward and backward of the
-sequence log-probs of those rows in fp32 and under bf16 autocast, and the copy's rewrite alone; best of --repeats,
+sequence log-probs of those rows in fp32 and under bf16 autocast, the copy's rewrite alone, and the reference's
+forward (`reference_logprobs`, no adapters) held in fp32 under bf16 autocast against held in bf16; best of --repeats,
 the variants interleaved; with the 1-minute load average before and after (docs/performance.md, bf16 on the CPU).
 
     python benchmarks/bf16_sampler.py [--threads 1] [--repeats 2]
@@ -53,11 +54,19 @@ def main():
             logps = br.sequence_logps(policy, *batch)
         logps.sum().backward()
 
+    refs = {dtype: br.make_reference(br.AdaptersOff(policy), dtype) for dtype in (torch.float32, torch.bfloat16)}
+
+    def reference(held):
+        with br.autocast(cpu, torch.bfloat16):
+            br.reference_logprobs(refs[held], *batch)
+
     variants = {"generate fp32": lambda: generate(torch.float32), "generate bf16": lambda: generate(torch.bfloat16),
                 "forward+backward fp32": lambda: forward_backward(torch.float32),
                 "forward+backward bf16": lambda: forward_backward(torch.bfloat16),
                 "rewrite the bf16 copy": lambda: br.make_reference(policy, torch.bfloat16,
-                                                                   into=policy.__dict__["_bf16_sampler"])}
+                                                                   into=policy.__dict__["_bf16_sampler"]),
+                "reference, fp32 held": lambda: reference(torch.float32),
+                "reference, bf16 held": lambda: reference(torch.bfloat16)}
     best = {}
     for _ in range(opts.repeats):
         for name, fn in variants.items():
