@@ -135,9 +135,8 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
             log-ratios: needs `lengths`) or "slic" (hinge on the reference-normalized margin).
         response_coef: c_resp, a float or Shape (B,): weight of the response term (2).
         label_coef: c_label, a float or Shape (B,): weight of the label term (3).
-        log_q: log q_θ, Shape (B,): the log-probability under pi_θ of the sampled data the pair was picked from, the
-            sum of log pi_θ over those samples (the caller knows how it drew them); 0 where the pair is the dataset's.
-            Term (2) is its gradient. None = all 0.
+        log_q: log q_θ, Shape (B,): Σ log pi_θ over every sample the pair was picked from (the caller knows how it
+            drew them), 0 (None: all 0) where the pair is the dataset's. Term (2) is its gradient.
         policy_labeled: bool, Shape (B,): the label comes from P_θ (term (3) applies). None = all False.
         self_labels: the mode of those labels. "sample": the label was drawn from P_θ and term (3) is its
             score-function term; "expect": the loss of such a pair is its expectation over the label (§6b), whatever
@@ -204,12 +203,11 @@ def implicit_reward_label(policy_logps, ref_logps, beta: float, uniforms) -> tor
 
 
 def oracle_label(scores: torch.Tensor, mode: str, uniforms: torch.Tensor):
-    """Pick and label each PR pair from the oracle's scores of the example's k samples, Shape (B, k) float64. The pair
-    is the best- and the worst-scored sample (the first of equal ones; samples 1 and 2 when all k scores are equal), in
-    sample order: a function of the samples and the scores, never of θ (ALGORITHM.md §4). The label: the higher score
-    wins, ties a coin flip (argmax), or a Bradley-Terry draw that takes the scores as logits, P(y1 ≻ y2) = σ(s1 − s2)
-    (sample), from `uniforms`, Shape (B,). Returns the slots of (y1, y2) among the k samples, Shape (B, 2), the label,
-    Shape (B,) bool (True = y1 wins), the number of ties and the mean score gap of the pairs, s_best − s_worst."""
+    """Pick and label each PR pair from the oracle's scores of its example's k samples, Shape (B, k) float64: the best-
+    and the worst-scored sample (the first of equals; samples 1 and 2 when all are equal) in sample order, a function of
+    the samples and scores, never of θ (ALGORITHM.md §4); the higher score wins, ties a coin flip (argmax), or a draw
+    from Bradley-Terry on the scores as logits, P(y1 ≻ y2) = σ(s1 − s2) (sample), by `uniforms` (B,). Returns the slots
+    of (y1, y2), Shape (B, 2), the label, (B,) bool (True = y1 wins), the number of ties, the mean s_best − s_worst."""
     best, worst = scores.argmax(1), scores.argmin(1)  # (B,) each, the first of equals
     slots = torch.stack([torch.minimum(best, worst), torch.maximum(best, worst)], 1)  # (B, 2) in sample order
     slots[best == worst] = torch.tensor([0, 1])  # every score equal: no best, no worst
@@ -353,8 +351,7 @@ def route_probs(args: Args) -> list[float]:
 
 def source_masks(source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(on_policy, policy_labeled), each Shape (B,) bool, of examples routed to `source`: the pair is picked from
-    samples of pi_θ (PP, PR: q_θ depends on θ, term (2)); the label comes from P_θ (DP, PP: P_θ depends on θ, term
-    (3))."""
+    samples of pi_θ (PP, PR: q_θ depends on θ, term (2)); the label comes from P_θ (DP, PP: term (3))."""
     return (source == PP) | (source == PR), (source == DP) | (source == PP)
 
 
@@ -372,8 +369,7 @@ def rollout_seed(seed: int, rollout: int, rank: int, stream: str) -> int:
 
 @dataclasses.dataclass
 class Rollout:
-    """One micro-batch of B examples with everything random about it drawn (steps 1–3), on the host: their N
-    responses, and for each example the rows of its pair (y1, y2) and its label."""
+    """One micro-batch of B examples with everything random about it drawn (steps 1–3), on the host."""
     source: torch.Tensor  # (B,) OFFLINE, DP, PP or PR
     prompt_ids: torch.Tensor  # (B, P) left-padded, on the device
     prompt_mask: torch.Tensor  # (B, P)
@@ -383,7 +379,7 @@ class Rollout:
     z: torch.Tensor  # (B,) bool, True = y1 ≻ y2: the dataset's label (offline; DP until step 5) or the oracle's (PR)
     uniforms: torch.Tensor  # (B,) float64 in [0, 1): the draws behind the self-labels of step 5
     ties: int = 0  # PR pairs whose oracle scores were equal (all k of them)
-    score_gap: Optional[float] = None  # the mean oracle score gap of the PR pairs, s_best − s_worst
+    score_gap: float = 0.0  # the mean oracle score gap of the PR pairs, s_best − s_worst
 
 
 def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed: Callable[[str], int], amp_dtype,
@@ -394,41 +390,34 @@ def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed
     # 1. route: each example, independently, to offline, DP, PP or PR with the design's probabilities
     routing = torch.Generator().manual_seed(stream_seed("route"))
     source = torch.multinomial(torch.tensor(route_probs(args)), B, replacement=True, generator=routing)  # (B,)
-    online = source_masks(source)[0].tolist()  # the PP and PR examples
+    online = source_masks(source)[0]  # (B,) the PP and PR examples
     prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in batch], args.max_prompt_length, device)
 
     # 2. respond: k samples of pi_θ for every PR prompt and two for every PP prompt, in one batched call (KV cache on),
-    # cut at the first EOS; offline and DP examples take the dataset's pair (chosen, rejected). Row (i, j) is response
-    # j of example i; rows are listed response by response: the first of every example, then the second, ...
-    rows = [(i, j) for j in range(k) for i in range(B) if j < (k if source[i] == PR else 2)]  # N (example, j)
-    row_of = {ij: r for r, ij in enumerate(rows)}
-    example = torch.tensor([i for i, _ in rows])  # (N,)
-    drawn = [r for r, (i, _) in enumerate(rows) if online[i]]
+    # cut at the first EOS; offline and DP examples take the dataset's pair (chosen, rejected). The N responses are
+    # listed response by response: the first of every example, then the second, ...; row[j, i] is response j of i
+    table = torch.arange(k)[:, None] < torch.where(source == PR, k, 2)  # (k, B): example i has a response j
+    example, row = table.nonzero()[:, 1], table.flatten().cumsum(0).view(k, B) - 1  # (N,), (k, B)
+    drawn = online[example]  # (N,) the responses to sample
     with gathered(policy), autocast(device, amp_dtype):  # FSDP: every rank, whether or not it samples
-        ys = sample(policy, tok, prompt_ids[example[drawn]], prompt_mask[example[drawn]], n=1, seed=stream_seed(
-            "sample"), args=args, bucket=args.batch_size * k) if drawn else []
-    dataset = {i: encode_responses(tok, [batch[i]["chosen"], batch[i]["rejected"]], args.max_new_tokens)
-               for i in range(B) if not online[i]}
-    responses = [dataset[i][j] if i in dataset else None for i, j in rows]
-    for r, y in zip(drawn, ys):
-        responses[r] = y
+        ys = iter(sample(policy, tok, prompt_ids[example[drawn]], prompt_mask[example[drawn]], n=1, seed=stream_seed(
+            "sample"), args=args, bucket=args.batch_size * k) if drawn.any() else [])
+    responses = [next(ys) if online[i] else encode_responses(tok, [batch[i][("chosen", "rejected")[j]]],
+                                                             args.max_new_tokens)[0] for j, i in table.nonzero()]
 
     # 3. label, z = True when y1 wins: offline and DP pairs (y1 the chosen response) carry the dataset's label (step
     # 5 redraws DP's from the policy), PP pairs are their two samples, labelled in step 5; the oracle scores every
     # sample of a PR example, and its pair is the best and the worst of them, labelled by the oracle (oracle_label)
-    pair = torch.tensor([[row_of[i, 0], row_of[i, 1]] for i in range(B)])  # (B, 2)
-    z, ties, gap = torch.ones(B, dtype=torch.bool), 0, None
-    pr = (source == PR).nonzero().flatten().tolist()
-    if pr:
-        pr_rows = torch.tensor([row_of[i, j] for j in range(k) for i in pr]).view(k, len(pr)).T  # (|PR|, k)
-        texts = tok.batch_decode([responses[r] for r in pr_rows.T.flatten()], skip_special_tokens=True)
-        scores = ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr] * k, texts, when)  # sample 1 of all, ...
-        slots, z[pr], ties, gap = oracle_label(torch.tensor(scores, dtype=torch.double).view(k, len(pr)).T,
-                                               args.oracle_label, torch.rand(len(pr), dtype=torch.double,
-                                               generator=torch.Generator().manual_seed(stream_seed("oracle"))))
-        pair[pr] = pr_rows.gather(1, slots)
+    pair, z, ties, gap = row[:2].T.clone(), torch.ones(B, dtype=torch.bool), 0, 0.0  # (B, 2): responses 1 and 2
+    pr = (source == PR).nonzero().flatten()  # the PR examples
+    if len(pr):  # the oracle scores the first sample of every PR example, then the second, ...
+        texts = tok.batch_decode([responses[r] for r in row[:, pr].flatten()], skip_special_tokens=True)
+        scores = torch.tensor(ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr] * k, texts, when)).double()
+        slots, z[pr], ties, gap = oracle_label(scores.view(k, len(pr)).T, args.oracle_label, torch.rand(
+            len(pr), generator=torch.Generator().manual_seed(stream_seed("oracle")), dtype=torch.double))
+        pair[pr] = row[:, pr].T.gather(1, slots)
     # the unkept samples stay where term (2) weighs them (c > 0): online DPO pays nothing for them beyond the oracle
-    keep = (torch.tensor(source_coefs(args))[source[example]] > 0) | torch.isin(torch.arange(len(rows)), pair)
+    keep = (torch.tensor(source_coefs(args))[source[example]] > 0) | torch.isin(torch.arange(len(example)), pair)
     pair = (keep.cumsum(0) - 1)[pair]  # the same rows, numbered without the dropped ones
     # the self-labels are drawn in step 5, from the policy's log-probs of the forward pass; their uniforms come now
     uniforms = torch.rand(B, generator=torch.Generator().manual_seed(stream_seed("self")), dtype=torch.double)
@@ -445,6 +434,7 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
     source, example, pair, z, uniforms = (t.to(device) for t in (rollout.source, rollout.example, rollout.pair,
                                                                  rollout.z, rollout.uniforms))
     on_policy, policy_labeled = source_masks(source)  # (B,) each
+    pr = (rollout.source == PR).nonzero()  # on the host: no wait for the device
 
     # 4. score: log pi_θ(y|x) and log pi_ref(y|x) of the N responses, the reference without gradient; with the
     # penalty, also KL_t(pi_ref ‖ pi_θ) over the vocabulary at every response position (§6)
@@ -487,8 +477,7 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
         **({"objective/sample_kl": sample_kl} if n_sampled else {}),
         **({"objective/revkl": revkl.detach()} if args.revkl_coef else {}),
         **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
-        "labels/ties": float(rollout.ties), **({"labels/score_gap": rollout.score_gap} if rollout.score_gap is not
-                                               None else {})}
+        "labels/ties": float(rollout.ties), **({"labels/score_gap": rollout.score_gap} if len(pr) else {})}
 
 
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
