@@ -310,31 +310,42 @@ def static_cache(model, rows: int, args: Args):
 
 
 @torch.inference_mode()
-def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args, bucket: int = 0) -> list[list[int]]:
-    """n samples per prompt row from the model, as token lists cut after the first EOS: n * B lists ordered [sample 1
-    of all B rows; sample 2 of all B; ...]. The seed makes the rollout replayable. With the static cache, calls of up
-    to `bucket` rows (default --batch-size) share one cache of that size."""
+def sample(model, tok, prompt_ids, prompt_mask, n, seed: int, args: Args, bucket: int = 0) -> list[list[int]]:
+    """n samples per prompt row (an int, or a count per row) from the model, as token lists cut after the first EOS,
+    listed sample by sample: the first of every row, then the second of every row that has one, ... The seed makes
+    the rollout replayable. With the static cache, calls of up to `bucket` samples share one cache of that size."""
+    from transformers import DynamicCache
+
     was_training = model.training
     model.eval()  # NOTE: HF turns the KV cache off when gradient checkpointing is on *and* the model is training
-    input_ids, attention_mask, extra = prompt_ids.repeat(n, 1), prompt_mask.repeat(n, 1), {}  # (nB, P)
-    rows = n * max(len(prompt_ids), bucket or args.batch_size)  # a fixed bucket: the number of online rows varies
-    cache = static_cache(model, rows, args)
-    if cache is not None:  # padded to `rows` with copies of row 0, which stop after their first token
-        pad = rows - len(input_ids)
+    counts = torch.as_tensor(n).expand(len(prompt_ids))  # (B,)
+    rows = (torch.arange(int(counts.max()))[:, None] < counts).nonzero()[:, 1].to(prompt_ids.device)  # (N,) prompt
+    input_ids, attention_mask, extra = prompt_ids[rows], prompt_mask[rows], {}  # (N, P)
+    size = max(len(rows), bucket or int(counts.max()) * args.batch_size)  # a fixed bucket: online rows vary
+    cache = static_cache(model, size, args)
+    if cache is None and len(rows) > len(prompt_ids) and prompt_ids.shape[1] > 1:  # a prompt's samples share its
+        # prefill (HF's prefix caching): all but its last token run once, their KV cache is copied to its rows
+        extra = {"past_key_values": DynamicCache()}
+        position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # as response_logits counts them
+        model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=position_ids[:, :-1],
+              past_key_values=extra["past_key_values"], use_cache=True)
+        extra["past_key_values"].batch_select_indices(rows)
+    if cache is not None:  # padded to `size` rows with copies of row 0, which stop after their first token
+        pad = size - len(input_ids)
         input_ids, attention_mask = (torch.cat([t, t[:1].expand(pad, -1)]) for t in (input_ids, attention_mask))
-        dummy = torch.arange(rows, device=input_ids.device) >= rows - pad  # (rows,) True for the padding rows
+        dummy = torch.arange(size, device=input_ids.device) >= size - pad  # (size,) True for the padding rows
         # a stopping criterion returns a done flag per row. NOTE: generate() draws one multinomial over all rows per
         # token, so the padding changes which random numbers a real row gets, not their distribution nor replayability
         extra = {"past_key_values": cache, "stopping_criteria": [lambda ids, scores, **kwargs: dummy]}
     with torch.random.fork_rng(devices=[prompt_ids.device] if prompt_ids.device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask,  # (nB, P), or (rows, P) with the static cache
+            input_ids=input_ids, attention_mask=attention_mask,  # (N, P), or (size, P) with the static cache
             do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
             max_new_tokens=args.max_new_tokens, use_cache=True, synced_gpus=False,  # FSDP: see `gathered`
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)[:n * len(prompt_ids)]  # (nB, T)
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)[:len(rows)]  # (N, T)
     model.train(was_training)
-    tokens = out[:, prompt_ids.shape[1]:]  # (nB, R) the new tokens; rows that ended early are padded
+    tokens = out[:, prompt_ids.shape[1]:]  # (N, R) the new tokens; rows that ended early are padded
     return [row[:k].tolist() for row, k in zip(tokens, until_first_eos(tokens, tok.eos_token_id).sum(dim=1))]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -398,10 +409,9 @@ def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed
     # listed response by response: the first of every example, then the second, ...; row[j, i] is response j of i
     table = torch.arange(k)[:, None] < torch.where(source == PR, k, 2)  # (k, B): example i has a response j
     example, row = table.nonzero()[:, 1], table.flatten().cumsum(0).view(k, B) - 1  # (N,), (k, B)
-    drawn = online[example]  # (N,) the responses to sample
     with gathered(policy), autocast(device, amp_dtype):  # FSDP: every rank, whether or not it samples
-        ys = iter(sample(policy, tok, prompt_ids[example[drawn]], prompt_mask[example[drawn]], n=1, seed=stream_seed(
-            "sample"), args=args, bucket=args.batch_size * k) if drawn.any() else [])
+        ys = iter(sample(policy, tok, prompt_ids[online], prompt_mask[online], n=table.sum(0)[online], seed=stream_seed(
+            "sample"), args=args, bucket=args.batch_size * k) if online.any() else [])  # in the order of `table`
     responses = [next(ys) if online[i] else encode_responses(tok, [batch[i][("chosen", "rejected")[j]]],
                                                              args.max_new_tokens)[0] for j, i in table.nonzero()]
 

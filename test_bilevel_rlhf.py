@@ -692,6 +692,30 @@ def test_sampler_uses_kv_cache_under_checkpointing_and_cuts_at_eos(pad_is_eos):
 PROMPT_SETS = (["it"], ["the plot", "i loved the film . it was", "it"], ["the cast was", "i"])  # 1, 3, 2 prompts
 
 
+def test_the_samples_of_a_prompt_share_its_prefill_and_draw_what_separate_rows_draw():
+    """n = (4, 2, 3) samples of three left-padded prompts: the prompts but their last token run once (3 rows) and the
+    decoding starts from copies of their KV cache, yet every decoding step's next-token logits are those of 9 separate
+    rows, and so are the samples (the same seed: generate draws the same uniforms). Tolerance: float32 rounding of O(1)
+    logits, dot products of n_embd = 64 terms, a few 1e-6 at most; a prefill at shifted positions is off by ~4e-3."""
+    model, tok = tiny_model()
+    torch.nn.init.normal_(model.transformer.wpe.weight, std=1.0, generator=torch.Generator().manual_seed(0))
+    args = br.validate(br.Args(max_new_tokens=12, output_dir="unused"))
+    prompt_ids, prompt_mask = br.encode_prompts(tok, ["the plot", "i loved the film . it was", "it"], 64, "cpu")
+    shapes, logits = [], []  # hooks, not a wrapped forward: generate() reads the forward's signature
+    model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    model.register_forward_hook(lambda m, a, kw, out: logits.append(out.logits[:, -1]), with_kwargs=True)
+    shared = br.sample(model, tok, prompt_ids, prompt_mask, n=torch.tensor([4, 2, 3]), seed=3, args=args)
+    P, shared_logits = prompt_ids.shape[1], logits[1:]
+    assert shapes[:2] == [(3, P - 1), (9, 1)] and (prompt_mask == 0).any()  # one prefill, then the last tokens
+    rows = [0, 1, 2, 0, 1, 2, 0, 2, 0]  # sample by sample: the first of every prompt, the second, ...
+    shapes.clear(), logits.clear()
+    separate = br.sample(model, tok, prompt_ids[rows], prompt_mask[rows], n=1, seed=3, args=args)
+    assert shapes[0] == (9, P) and len(logits) == len(shared_logits) > 5
+    for a, b in zip(shared_logits, logits):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert shared == separate and len(set(map(tuple, shared))) > 3
+
+
 def test_static_cache_draws_what_the_dynamic_cache_draws():
     model, tok = tiny_model()
     args = br.validate(br.Args(max_new_tokens=12, batch_size=3))  # 3 prompts fill the bucket: no padding rows
