@@ -496,10 +496,10 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm or float("inf"))
         grad_norm = grad_norm.full_tensor() if sharded else grad_norm  # FSDP: a DTensor, the same on every rank
         metrics = {"step": step + 1, **mean_metrics(stats, world)}
-        for name, x in (("loss", metrics["loss"]), ("gradient norm", 0.0 if scaler.is_enabled() else float(grad_norm))):
-            if not math.isfinite(x):
-                raise RunError(f"the {name} is {x} at step {step + 1}: stopped before the update; the last checkpoint"
-                               f" in {checkpoint_dir} is intact (try a lower --lr or --dtype fp32)")
+        if not all(map(math.isfinite, (metrics["loss"], 0.0 if scaler.is_enabled() else float(grad_norm)))):
+            raise RunError(f"the loss is {metrics['loss']}, the gradient norm {float(grad_norm)} at step {step + 1}: "
+                           f"stopped before the update; the last checkpoint in {checkpoint_dir} is intact (try a lower "
+                           "--lr or --dtype fp32)")
         scaler.step(opt)
         scaler.update()
         scheduler.step()
@@ -719,10 +719,11 @@ def validate(args: Args) -> Args:
     clash = [p for p in inputs if p and os.path.exists(p) and os.path.commonpath([r := os.path.realpath(p), folder])
              in (r, folder)]
     empty = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(args) if getattr(args, f.name) == ""]
-    made, unwritable = [p for p in (folder, *pathlib.Path(folder).parents) if not os.path.lexists(p)], None
+    probe = folder if os.environ.get("LOCAL_RANK", "0") == "0" else tempfile.gettempdir()  # torchrun: one rank (they
+    made, unwritable = [p for p in (probe, *pathlib.Path(probe).parents) if not os.path.lexists(p)], None  # would race)
     try:  # made, with a file in it, then removed again: a folder under a file, read-only, in /proc, a name too long
-        os.makedirs(folder, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        os.makedirs(probe, exist_ok=True)
+        tempfile.TemporaryFile(dir=probe).close()
     except OSError as e:
         unwritable = e.strerror
     if made:  # from the top: a refused run leaves nothing behind
@@ -1321,8 +1322,8 @@ def load_checkpoint(path: Optional[str], args: Args, policy, amp_dtype) -> tuple
     scaler = torch.amp.GradScaler(device, enabled=amp_dtype == torch.float16)  # fp16 needs loss scaling
     state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False) if path else {"step": 0, "rng": 0}
     if path and (state.get("world_size", 1), state["optimizer"] is None) != (rank_and_world()[1], args.fsdp):
-        raise ValueError(f"written by {state.get('world_size', 1)} process(es)" + " with --fsdp" * (state["optimizer"]
-                         is None) + ": continue it so (each rank's share of the data depends on the processes)")
+        raise ValueError(f"written by a run with {state.get('world_size', 1)} process(es)" + " and --fsdp" * (
+            state["optimizer"] is None) + ": continue it the same way (each rank's share of the data depends on it)")
     if path and isinstance(policy, FSDPModule):  # this rank's shards, read into the state dicts' own sharded tensors
         # NOTE: get_state_dict gives a fresh optimizer its state by a step at lr 0; the load then overwrites it
         shards = dict(zip(("model", "optimizer"), get_state_dict(policy, opt)))
@@ -1341,8 +1342,7 @@ def load_checkpoint(path: Optional[str], args: Args, policy, amp_dtype) -> tuple
         policy.load_state_dict(loaded.state_dict())  # strict: the same keys and shapes
     if state.get("optimizer") is not None:  # with --fsdp it was in the shards
         opt.load_state_dict(state["optimizer"])
-    if path and state["scaler"]:  # empty: saved without fp16 (a run resumed with --dtype fp16 starts a scaler)
-        scaler.load_state_dict(state["scaler"])
+    scaler.load_state_dict(state.get("scaler") or scaler.state_dict())  # none: fresh, or saved without fp16
     for group in opt.param_groups:  # this run's --lr, --weight-decay, ..., not the checkpoint's
         group.update(opt.defaults, initial_lr=args.lr)
     schedule = getattr(importlib.import_module("transformers"), f"get_{args.schedule}_schedule_with_warmup")
@@ -1374,7 +1374,7 @@ def lock_output_dir(path: str):
 def prepare_output_dir(args: Args, data: str, policy, amp_dtype) -> tuple:
     """Start, resume or refuse, without changing anything: load_checkpoint's answer for the newest checkpoint that
     loads, or fresh. A folder that holds anything is a run's, continued if args.json and `data` (the rows) match."""
-    held, checkpoints = os.listdir(args.output_dir), list_checkpoints(args.output_dir)
+    held, checkpoints = list(pathlib.Path(args.output_dir).glob("*")), list_checkpoints(args.output_dir)
     if stray := [c for c in checkpoints if os.path.islink(c) or not os.path.isdir(c)]:  # could not be replaced
         raise RunError(f"{stray[0]} is named like a checkpoint but is not a folder: move it away")
     if not held or args.overwrite:
@@ -1387,7 +1387,7 @@ def prepare_output_dir(args: Args, data: str, policy, amp_dtype) -> tuple:
     differs = [k for k, v in {**dataclasses.asdict(args), "data": data}.items() if k not in RESUMABLE and (saved[k] != v
                if k in saved else getattr(Args, k, None) not in (None, v))] if isinstance(saved, dict) else ["args"]
     if not checkpoints:  # killed before its first save, or not a run's folder
-        raise RunError(f"{args.output_dir} holds files ({min(held)}, ...) but no checkpoint to resume: pass "
+        raise RunError(f"{args.output_dir} holds files ({min(held).name}, ...) but no checkpoint to resume: pass "
                        "--overwrite to start over in it, or choose another --output-dir")
     if differs and not args.resume:
         raise RunError(f"{args.output_dir} holds a checkpoint of a different run (it differs in " + ", ".join(
