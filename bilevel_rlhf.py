@@ -88,12 +88,18 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
+import transformers
+import yaml  # a dependency of transformers
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from tokenizers import Tokenizer, models, pre_tokenizers
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          DynamicCache, GenerationConfig, GPT2Config, GPT2LMHeadModel, HfArgumentParser,
+                          PreTrainedTokenizerFast, StaticCache, set_seed)
 
 # Shapes used in comments: B examples (prompts, pairs) in a micro-batch, N responses of theirs (the pairs and any
 # unkept samples), P prompt tokens, R response tokens, T = P + R, V vocabulary. Responses are rows: `example` (N,)
@@ -296,8 +302,6 @@ def until_first_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
 def static_cache(model, rows: int, args: Args):
     """The static KV cache for `sample`'s `rows` sequences, or None for a dynamic one. On CUDA generate() compiles its
     decoding step into CUDA graphs recorded on the cache: so one cache per (model, rows), reset for each rollout."""
-    from transformers import StaticCache
-
     compilable = model.device.type == "cuda" and getattr(model, "_can_compile_fullgraph", False)
     # NOTE: not for the LoRA reference (compiled with its adapters disabled it can be silently wrong: peft), nor FSDP
     if args.static_cache == "off" or (args.static_cache == "auto" and not compilable) or \
@@ -315,8 +319,6 @@ def sample(model, tok, prompt_ids, prompt_mask, n, seed: int, args: Args, bucket
     """n samples per prompt row (an int, or a count per row) from the model, as token lists cut after the first EOS,
     listed sample by sample: the first of every row, then the second of every row that has one, ... The seed makes
     the rollout replayable. With the static cache, calls of up to `bucket` samples share one cache of that size."""
-    from transformers import DynamicCache
-
     was_training = model.training
     model.eval()  # NOTE: HF turns the KV cache off when gradient checkpointing is on *and* the model is training
     counts = torch.as_tensor(n).expand(len(prompt_ids))  # (B,)
@@ -368,7 +370,7 @@ def source_masks(source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def source_coefs(args: Args) -> list[float]:
-    """The coefficient c of terms (2) and (3) for each source (offline, DP, PP, PR); online DPO is SAIL-PR with c = 0."""
+    """The coefficient c of terms (2) and (3) by source (offline, DP, PP, PR); online DPO is SAIL-PR with c = 0."""
     return [0.0, args.dp_coef, args.pp_coef, 0.0 if args.design == "online-dpo" else args.pr_coef]
 
 
@@ -703,9 +705,6 @@ class Args:
 def parse_args(argv=None) -> Args:
     """Args from the flags; a .yaml/.yml/.json file given first sets the fields it names, later flags override it.
     The file becomes flags parsed by the same parser: its values get the command line's type and choice checks."""
-    import yaml  # a dependency of transformers
-    from transformers import HfArgumentParser
-
     parser = HfArgumentParser(Args, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = ""
 
@@ -867,9 +866,6 @@ def random_review(rng: random.Random) -> tuple[str, str]:
 
 def build_tokenizer():
     """A word-level tokenizer over the task's words, wrapped so that save_pretrained/AutoTokenizer work."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *TASK_WORDS])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -878,8 +874,6 @@ def build_tokenizer():
 
 def build_tiny_gpt2(tok, n_layer=2, n_embd=64, n_positions=EMBEDDED_CONTEXT):
     """A small random GPT-2 for the tokenizer, without dropout (the labelers reuse training forwards)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     config = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=4,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tok.eos_token_id,
                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -955,9 +949,9 @@ def from_pretrained(auto_class, name: str, **kwargs):
             raise RunError(f"{name}: no such file (expected a GGUF model file)")
         need("gguf", f"{name}: a GGUF file")  # transformers reads the file with it
         path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
-        import transformers  # NOTE: where it has GgufConfig, a model from a GGUF file stays marked as quantized
-        # (model.hf_quantizer, config.quantization_config, is_quantized) unless dequantized at load: save_pretrained
-        # refuses it, and a folder saved with the mark loads as quantized again. Older releases load it dense, unmarked
+        # NOTE: where transformers has GgufConfig, a model from a GGUF file stays marked as quantized (hf_quantizer,
+        # config.quantization_config, is_quantized) unless dequantized at load: save_pretrained refuses it, and a
+        # folder saved with the mark loads as quantized again. Older releases load it dense, unmarked
         if auto_class.__name__.startswith("AutoModel") and hasattr(transformers, "GgufConfig"):
             kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)  # dense weights, no mark
     elif looks_local and not os.path.isdir(path):  # fail now, not after the hub's retries
@@ -970,8 +964,6 @@ def from_pretrained(auto_class, name: str, **kwargs):
 
 def load_policy(name: str, device):
     """Any causal LM and its tokenizer, from the hub or a local folder; a missing pad token becomes EOS; no dropout."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
     tok = from_pretrained(AutoTokenizer, name)
     tok.pad_token = tok.pad_token or tok.eos_token  # safe: masks are built by position, never by id (ALGORITHM.md §8)
     # no dropout: the self-labels and term (2) reuse the training forward, which must score the distribution that was
@@ -994,8 +986,6 @@ def load_policy(name: str, device):
 def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
     """An oracle from a sequence-classification reward model with its own tokenizer (and chat template, if any),
     scoring (prompt, response) in batches without gradient; a prompt is a string or a list of messages."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     tok = from_pretrained(AutoTokenizer, name)
     tok.pad_token = tok.pad_token or tok.eos_token
     tok.padding_side, tok.truncation_side = "right", "left"  # keep the end of long texts: the response
@@ -1389,7 +1379,7 @@ def load_checkpoint(path: Optional[str], args: Args, policy, amp_dtype) -> tuple
     scaler.load_state_dict(state.get("scaler") or scaler.state_dict())  # none: fresh, or saved without fp16
     for group in opt.param_groups:  # this run's --lr, --weight-decay, ..., not the checkpoint's
         group.update(opt.defaults, initial_lr=args.lr)
-    schedule = getattr(importlib.import_module("transformers"), f"get_{args.schedule}_schedule_with_warmup")
+    schedule = getattr(transformers, f"get_{args.schedule}_schedule_with_warmup")
     scheduler = schedule(opt, num_warmup_steps=args.warmup_steps, last_epoch=state["step"] - 1,  # lr at the step
                          **({} if args.schedule == "constant" else {"num_training_steps": args.steps}))
     return state["step"], opt, scheduler, scaler, state["rng"]
@@ -1628,8 +1618,6 @@ def stop_requested(device) -> bool:
 # Putting it together
 
 def main(argv=None) -> dict:
-    from transformers import set_seed
-
     args = parse_args(argv)
 
     # device (chosen in validate: cuda, then mps, then cpu; one GPU per rank under torchrun) and precision

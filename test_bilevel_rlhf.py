@@ -332,8 +332,8 @@ def rollout_of(task, outcome, beta, oracle_label="sample"):
 @pytest.mark.parametrize("revkl_coef", (0.0, 0.7))
 @pytest.mark.parametrize("self_labels", ("sample", "expect"))
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-@pytest.mark.parametrize("design, k, oracle_label", [(d, 2, "argmax") for d in br.DESIGNS] + [
-    (d, k, rule) for d in ("online-dpo", "sail-pr", "mix") for k, rule in ((2, "sample"), (3, "argmax"), (3, "sample"))])
+@pytest.mark.parametrize("design, k, oracle_label", [(d, 2, "argmax") for d in br.DESIGNS] + [(d, k, rule) for d in (
+    "online-dpo", "sail-pr", "mix") for k, rule in ((2, "sample"), (3, "argmax"), (3, "sample"))])
 def test_the_training_step_estimates_the_gradient_of_its_objective(design, k, oracle_label, loss_type, self_labels,
                                                                    revkl_coef):
     """Σ P(outcome) ∇(rollout_loss of that outcome) = −∇J_c + λ ∇ E_x KL(pi_ref(·|x) ‖ pi_θ(·|x)), in float64, through
@@ -400,7 +400,7 @@ def test_a_rollout_samples_only_pp_and_pr_pairs_and_only_pr_pairs_ask_the_oracle
     r = br.make_rollout(args, model, tok, rows, oracle, lambda stream: br.STREAMS.index(stream), torch.float32, "test")
     online = (r.source == br.PP) | (r.source == br.PR)
     assert {br.OFFLINE, br.DP, br.PP, br.PR} <= set(r.source.tolist())  # every source occurs
-    assert len(sampled) == 1 and torch.equal(sampled[0], r.prompt_ids[online].repeat(2, 1))
+    assert len(sampled) == 1 and torch.equal(sampled[0], r.prompt_ids[online])  # each prompt once, n = 2 for each
     for i, row in enumerate(rows):
         dataset_pair = br.encode_responses(tok, [row["chosen"], row["rejected"]], args.max_new_tokens)
         y1, y2 = (r.responses[j] for j in r.pair[i])
