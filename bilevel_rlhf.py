@@ -421,7 +421,7 @@ def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed
     # 3. label, z = True when y1 wins: offline and DP pairs (y1 the chosen response) carry the dataset's label (step
     # 5 redraws DP's from the policy), PP pairs are their two samples, labelled in step 5; the oracle scores every
     # sample of a PR example, and its pair is the best and the worst of them, labelled by the oracle (oracle_label)
-    pair, z, ties, gap = row[:2].T.clone(), torch.ones(B, dtype=torch.bool), 0, 0.0  # (B, 2): responses 1 and 2
+    pair, z, ties, gap = row[:2].T.contiguous(), torch.ones(B, dtype=torch.bool), 0, 0.0  # (B, 2): responses 1, 2
     pr = (source == PR).nonzero().flatten()  # the PR examples
     if len(pr):  # the oracle scores the first sample of every PR example, then the second, ...
         texts = tok.batch_decode([responses[r] for r in row[:, pr].flatten()], skip_special_tokens=True)

@@ -429,9 +429,10 @@ def test_k_samples_per_pr_prompt_are_each_credited_to_their_own_example(design, 
     model, ref = model.double(), ref.double()
     k, g, seen = 3, torch.Generator().manual_seed(0), {}
 
-    def prefixed_sample(model, tok, prompt_ids, prompt_mask, n, seed, args, bucket=0):  # prompt, then 0-3 words
-        return [[t for t in ids.tolist() if t != tok.pad_token_id] + torch.randint(3, len(tok), (int(
-            torch.randint(4, (1,), generator=g)),), generator=g).tolist() for ids in prompt_ids.repeat(n, 1)]
+    def prefixed_sample(model, tok, prompt_ids, prompt_mask, n, seed, args, bucket=0):  # prompt, then 0-3 words,
+        rows = (torch.arange(int(max(n)))[:, None] < n).nonzero()[:, 1]  # listed sample by sample as sample's are
+        return [[t for t in prompt_ids[i].tolist() if t != tok.pad_token_id] + torch.randint(3, len(tok), (int(
+            torch.randint(4, (1,), generator=g)),), generator=g).tolist() for i in rows]
 
     def oracle(prompts, responses):  # ties happen: 0 to 3 words after the prompt's two
         scores = [float(len(set(r.split()))) for r in responses]
