@@ -679,7 +679,8 @@ def test_sampler_uses_kv_cache_under_checkpointing_and_cuts_at_eos(pad_is_eos):
     hook = model.transformer.wte.register_forward_hook(lambda m, inputs, out: widths.append(inputs[0].shape[1]))
     ys = br.sample(model, tok, prompt_ids, prompt_mask, n=2, seed=7, args=args)
     hook.remove()
-    assert widths[0] == prompt_ids.shape[1] and set(widths[1:]) == {1}
+    assert widths[0] == prompt_ids.shape[1] - 1 and set(widths[1:]) == {1}  # the prompt but its last token once
+    # (the two samples of a prompt share it), then its last token, then one token per step
     assert model.training  # restored after sampling
     assert len(ys) == 6
     for y in ys:
