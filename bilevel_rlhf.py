@@ -26,7 +26,7 @@ By the log-derivative trick, ∇J is the sum of three terms (§5), each estimate
 
     (1)  −∇ℓ(Δ_θ)                                       the DPO/IPO/SLiC gradient, on every example
     (2)  −ℓ · ∇ log q_θ = −ℓ · Σ_j ∇ log pi_θ(y_j|x)     the response term, where q_θ depends on θ (PP, PR): over
-                                                        every sample the pair was picked from, kept or not (§4)
+                                                        every sample the pair was picked from, kept or not (§5)
     (3)  −ℓ · ∇ log P_θ(z)                               the label term, where P_θ depends on θ (DP, PP)
 
 Terms (2) and (3) carry the coefficient c in [0, 1] of the example's source. c = 1 follows ∇J; c = 0 drops them: on PR
@@ -171,8 +171,8 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
     log_p_z = F.logsigmoid(beta * delta)  # log P_θ(z) of the realized order (y_w ≻ y_l), for every loss_type (§5)
     if self_labels == "expect":  # §6b: E_z ℓ = p·ℓ(Δ) + (1 − p)·ℓ(−Δ), differentiated through ℓ (term (1)) and,
         p = log_p_z.exp()  # with weight c_label, through p = P_θ(y_w ≻ y_l) (term (3), in expectation)
-        p = p.detach() + label_coef * (p - p.detach())
-        expected = p * ell + (1 - p) * pairwise_loss(-loss_delta, beta, loss_type)
+        p_c = p.detach() + label_coef * (p - p.detach())  # p's value, c_label × its gradient (ALGORITHM.md's p_c)
+        expected = p_c * ell + (1 - p_c) * pairwise_loss(-loss_delta, beta, loss_type)
         ell = torch.where(policy_labeled, expected, ell)
 
     ell_value = ell.detach()
