@@ -26,7 +26,7 @@ By the log-derivative trick, ∇J is the sum of three terms (§5), each estimate
 
     (1)  −∇ℓ(Δ_θ)                                       the DPO/IPO/SLiC gradient, on every example
     (2)  −ℓ · ∇ log q_θ = −ℓ · Σ_j ∇ log pi_θ(y_j|x)     the response term, where q_θ depends on θ (PP, PR): over
-                                                        every sample the pair was picked from, kept or not (§4)
+                                                        every sample the pair was picked from, kept or not (§5)
     (3)  −ℓ · ∇ log P_θ(z)                               the label term, where P_θ depends on θ (DP, PP)
 
 Terms (2) and (3) carry the coefficient c in [0, 1] of the example's source. c = 1 follows ∇J; c = 0 drops them: on PR
@@ -78,6 +78,7 @@ import runpy
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable, Literal, Optional
@@ -87,12 +88,18 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
+import transformers
+import yaml  # a dependency of transformers
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from tokenizers import Tokenizer, models, pre_tokenizers
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          DynamicCache, GenerationConfig, GPT2Config, GPT2LMHeadModel, HfArgumentParser,
+                          PreTrainedTokenizerFast, StaticCache, set_seed)
 
 # Shapes used in comments: B examples (prompts, pairs) in a micro-batch, N responses of theirs (the pairs and any
 # unkept samples), P prompt tokens, R response tokens, T = P + R, V vocabulary. Responses are rows: `example` (N,)
@@ -135,9 +142,8 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
             log-ratios: needs `lengths`) or "slic" (hinge on the reference-normalized margin).
         response_coef: c_resp, a float or Shape (B,): weight of the response term (2).
         label_coef: c_label, a float or Shape (B,): weight of the label term (3).
-        log_q: log q_θ, Shape (B,): the log-probability under pi_θ of the sampled data the pair was picked from, the
-            sum of log pi_θ over those samples (the caller knows how it drew them); 0 where the pair is the dataset's.
-            Term (2) is its gradient. None = all 0.
+        log_q: log q_θ, Shape (B,): Σ log pi_θ over every sample the pair was picked from (the caller knows how it
+            drew them), 0 (None: all 0) where the pair is the dataset's. Term (2) is its gradient.
         policy_labeled: bool, Shape (B,): the label comes from P_θ (term (3) applies). None = all False.
         self_labels: the mode of those labels. "sample": the label was drawn from P_θ and term (3) is its
             score-function term; "expect": the loss of such a pair is its expectation over the label (§6b), whatever
@@ -165,8 +171,8 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
     log_p_z = F.logsigmoid(beta * delta)  # log P_θ(z) of the realized order (y_w ≻ y_l), for every loss_type (§5)
     if self_labels == "expect":  # §6b: E_z ℓ = p·ℓ(Δ) + (1 − p)·ℓ(−Δ), differentiated through ℓ (term (1)) and,
         p = log_p_z.exp()  # with weight c_label, through p = P_θ(y_w ≻ y_l) (term (3), in expectation)
-        p = p.detach() + label_coef * (p - p.detach())
-        expected = p * ell + (1 - p) * pairwise_loss(-loss_delta, beta, loss_type)
+        p_c = p.detach() + label_coef * (p - p.detach())  # p's value, c_label × its gradient (ALGORITHM.md's p_c)
+        expected = p_c * ell + (1 - p_c) * pairwise_loss(-loss_delta, beta, loss_type)
         ell = torch.where(policy_labeled, expected, ell)
 
     ell_value = ell.detach()
@@ -204,12 +210,11 @@ def implicit_reward_label(policy_logps, ref_logps, beta: float, uniforms) -> tor
 
 
 def oracle_label(scores: torch.Tensor, mode: str, uniforms: torch.Tensor):
-    """Pick and label each PR pair from the oracle's scores of the example's k samples, Shape (B, k) float64. The pair
-    is the best- and the worst-scored sample (the first of equal ones; samples 1 and 2 when all k scores are equal), in
-    sample order: a function of the samples and the scores, never of θ (ALGORITHM.md §4). The label: the higher score
-    wins, ties a coin flip (argmax), or a Bradley-Terry draw that takes the scores as logits, P(y1 ≻ y2) = σ(s1 − s2)
-    (sample), from `uniforms`, Shape (B,). Returns the slots of (y1, y2) among the k samples, Shape (B, 2), the label,
-    Shape (B,) bool (True = y1 wins), the number of ties and the mean score gap of the pairs, s_best − s_worst."""
+    """Pick and label each PR pair from the oracle's scores of its example's k samples, Shape (B, k) float64: the best-
+    and the worst-scored sample (the first of equals; samples 1 and 2 when all are equal) in sample order, a function of
+    the samples and scores, never of θ (ALGORITHM.md §4); the higher score wins, ties a coin flip (argmax), or a draw
+    from Bradley-Terry on the scores as logits, P(y1 ≻ y2) = σ(s1 − s2) (sample), by `uniforms` (B,). Returns the slots
+    of (y1, y2), Shape (B, 2), the label, (B,) bool (True = y1 wins), the number of ties, the mean s_best − s_worst."""
     best, worst = scores.argmax(1), scores.argmin(1)  # (B,) each, the first of equals
     slots = torch.stack([torch.minimum(best, worst), torch.maximum(best, worst)], 1)  # (B, 2) in sample order
     slots[best == worst] = torch.tensor([0, 1])  # every score equal: no best, no worst
@@ -297,8 +302,6 @@ def until_first_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
 def static_cache(model, rows: int, args: Args):
     """The static KV cache for `sample`'s `rows` sequences, or None for a dynamic one. On CUDA generate() compiles its
     decoding step into CUDA graphs recorded on the cache: so one cache per (model, rows), reset for each rollout."""
-    from transformers import StaticCache
-
     compilable = model.device.type == "cuda" and getattr(model, "_can_compile_fullgraph", False)
     # NOTE: not for the LoRA reference (compiled with its adapters disabled it can be silently wrong: peft), nor FSDP
     if args.static_cache == "off" or (args.static_cache == "auto" and not compilable) or \
@@ -312,10 +315,11 @@ def static_cache(model, rows: int, args: Args):
 
 
 @torch.inference_mode()
-def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args, bucket: int = 0) -> list[list[int]]:
-    """n samples per prompt row from the model, as token lists cut after the first EOS: n * B lists ordered [sample 1
-    of all B rows; sample 2 of all B; ...]. The seed makes the rollout replayable. With the static cache, calls of up
-    to `bucket` rows (default --batch-size) share one cache of that size. Under bf16 autocast, from bf16 weights."""
+def sample(model, tok, prompt_ids, prompt_mask, n, seed: int, args: Args, bucket: int = 0) -> list[list[int]]:
+    """n samples per prompt row (an int, or a count per row) from the model, as token lists cut after the first EOS,
+    listed sample by sample: the first of every row, then the second of every row that has one, ... The seed makes
+    the rollout replayable. With the static cache, calls of up to `bucket` samples share one cache of that size.
+    Under bf16 autocast, from bf16 weights."""
     if not isinstance(model, FSDPModule) and torch.is_autocast_enabled(model.device.type) and \
             torch.get_autocast_dtype(model.device.type) == torch.bfloat16 != next(model.parameters()).dtype:
         # NOTE: autocast would cast every fp32 weight again at every decoding step (it caches casts only in grad mode)
@@ -323,25 +327,34 @@ def sample(model, tok, prompt_ids, prompt_mask, n: int, seed: int, args: Args, b
         model = owner["_bf16_sampler"] = make_reference(model, torch.bfloat16, into=owner.get("_bf16_sampler"))
     was_training = model.training
     model.eval()  # NOTE: HF turns the KV cache off when gradient checkpointing is on *and* the model is training
-    input_ids, attention_mask, extra = prompt_ids.repeat(n, 1), prompt_mask.repeat(n, 1), {}  # (nB, P)
-    rows = n * max(len(prompt_ids), bucket or args.batch_size)  # a fixed bucket: the number of online rows varies
-    cache = static_cache(model, rows, args)
-    if cache is not None:  # padded to `rows` with copies of row 0, which stop after their first token
-        pad = rows - len(input_ids)
+    counts = torch.as_tensor(n).expand(len(prompt_ids))  # (B,)
+    rows = (torch.arange(int(counts.max()))[:, None] < counts).nonzero()[:, 1].to(prompt_ids.device)  # (N,) prompt
+    input_ids, attention_mask, extra = prompt_ids[rows], prompt_mask[rows], {}  # (N, P)
+    size = max(len(rows), bucket or int(counts.max()) * args.batch_size)  # a fixed bucket: online rows vary
+    cache = static_cache(model, size, args)
+    if cache is None and len(rows) > len(prompt_ids) and prompt_ids.shape[1] > 1:  # a prompt's samples share its
+        # prefill (HF's prefix caching): all but its last token run once, their KV cache is copied to its rows
+        extra = {"past_key_values": DynamicCache()}
+        position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # as response_logits counts them
+        model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=position_ids[:, :-1],
+              past_key_values=extra["past_key_values"], use_cache=True)
+        extra["past_key_values"].batch_select_indices(rows)
+    if cache is not None:  # padded to `size` rows with copies of row 0, which stop after their first token
+        pad = size - len(input_ids)
         input_ids, attention_mask = (torch.cat([t, t[:1].expand(pad, -1)]) for t in (input_ids, attention_mask))
-        dummy = torch.arange(rows, device=input_ids.device) >= rows - pad  # (rows,) True for the padding rows
+        dummy = torch.arange(size, device=input_ids.device) >= size - pad  # (size,) True for the padding rows
         # a stopping criterion returns a done flag per row. NOTE: generate() draws one multinomial over all rows per
         # token, so the padding changes which random numbers a real row gets, not their distribution nor replayability
         extra = {"past_key_values": cache, "stopping_criteria": [lambda ids, scores, **kwargs: dummy]}
     with torch.random.fork_rng(devices=[prompt_ids.device] if prompt_ids.device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask,  # (nB, P), or (rows, P) with the static cache
+            input_ids=input_ids, attention_mask=attention_mask,  # (N, P), or (size, P) with the static cache
             do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
             max_new_tokens=args.max_new_tokens, use_cache=True, synced_gpus=False,  # FSDP: see `gathered`
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)[:n * len(prompt_ids)]  # (nB, T)
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)[:len(rows)]  # (N, T)
     model.train(was_training)
-    tokens = out[:, prompt_ids.shape[1]:]  # (nB, R) the new tokens; rows that ended early are padded
+    tokens = out[:, prompt_ids.shape[1]:]  # (N, R) the new tokens; rows that ended early are padded
     return [row[:k].tolist() for row, k in zip(tokens, until_first_eos(tokens, tok.eos_token_id).sum(dim=1))]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -358,13 +371,12 @@ def route_probs(args: Args) -> list[float]:
 
 def source_masks(source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(on_policy, policy_labeled), each Shape (B,) bool, of examples routed to `source`: the pair is picked from
-    samples of pi_θ (PP, PR: q_θ depends on θ, term (2)); the label comes from P_θ (DP, PP: P_θ depends on θ, term
-    (3))."""
+    samples of pi_θ (PP, PR: q_θ depends on θ, term (2)); the label comes from P_θ (DP, PP: term (3))."""
     return (source == PP) | (source == PR), (source == DP) | (source == PP)
 
 
 def source_coefs(args: Args) -> list[float]:
-    """The coefficient c of terms (2) and (3) for each source (offline, DP, PP, PR); online DPO is SAIL-PR with c = 0."""
+    """The coefficient c of terms (2) and (3) by source (offline, DP, PP, PR); online DPO is SAIL-PR with c = 0."""
     return [0.0, args.dp_coef, args.pp_coef, 0.0 if args.design == "online-dpo" else args.pr_coef]
 
 
@@ -377,8 +389,7 @@ def rollout_seed(seed: int, rollout: int, rank: int, stream: str) -> int:
 
 @dataclasses.dataclass
 class Rollout:
-    """One micro-batch of B examples with everything random about it drawn (steps 1–3), on the host: their N
-    responses, and for each example the rows of its pair (y1, y2) and its label."""
+    """One micro-batch of B examples with everything random about it drawn (steps 1–3), on the host."""
     source: torch.Tensor  # (B,) OFFLINE, DP, PP or PR
     prompt_ids: torch.Tensor  # (B, P) left-padded, on the device
     prompt_mask: torch.Tensor  # (B, P)
@@ -388,7 +399,7 @@ class Rollout:
     z: torch.Tensor  # (B,) bool, True = y1 ≻ y2: the dataset's label (offline; DP until step 5) or the oracle's (PR)
     uniforms: torch.Tensor  # (B,) float64 in [0, 1): the draws behind the self-labels of step 5
     ties: int = 0  # PR pairs whose oracle scores were equal (all k of them)
-    score_gap: Optional[float] = None  # the mean oracle score gap of the PR pairs, s_best − s_worst
+    score_gap: float = 0.0  # the mean oracle score gap of the PR pairs, s_best − s_worst
 
 
 def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed: Callable[[str], int], amp_dtype,
@@ -399,41 +410,33 @@ def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed
     # 1. route: each example, independently, to offline, DP, PP or PR with the design's probabilities
     routing = torch.Generator().manual_seed(stream_seed("route"))
     source = torch.multinomial(torch.tensor(route_probs(args)), B, replacement=True, generator=routing)  # (B,)
-    online = source_masks(source)[0].tolist()  # the PP and PR examples
+    online = source_masks(source)[0]  # (B,) the PP and PR examples
     prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in batch], args.max_prompt_length, device)
 
     # 2. respond: k samples of pi_θ for every PR prompt and two for every PP prompt, in one batched call (KV cache on),
-    # cut at the first EOS; offline and DP examples take the dataset's pair (chosen, rejected). Row (i, j) is response
-    # j of example i; rows are listed response by response: the first of every example, then the second, ...
-    rows = [(i, j) for j in range(k) for i in range(B) if j < (k if source[i] == PR else 2)]  # N (example, j)
-    row_of = {ij: r for r, ij in enumerate(rows)}
-    example = torch.tensor([i for i, _ in rows])  # (N,)
-    drawn = [r for r, (i, _) in enumerate(rows) if online[i]]
+    # cut at the first EOS; offline and DP examples take the dataset's pair (chosen, rejected). The N responses are
+    # listed response by response: the first of every example, then the second, ...; row[j, i] is response j of i
+    table = torch.arange(k)[:, None] < torch.where(source == PR, k, 2)  # (k, B): example i has a response j
+    example, row = table.nonzero()[:, 1], table.flatten().cumsum(0).view(k, B) - 1  # (N,), (k, B)
     with gathered(policy), autocast(device, amp_dtype):  # FSDP: every rank, whether or not it samples
-        ys = sample(policy, tok, prompt_ids[example[drawn]], prompt_mask[example[drawn]], n=1, seed=stream_seed(
-            "sample"), args=args, bucket=args.batch_size * k) if drawn else []
-    dataset = {i: encode_responses(tok, [batch[i]["chosen"], batch[i]["rejected"]], args.max_new_tokens)
-               for i in range(B) if not online[i]}
-    responses = [dataset[i][j] if i in dataset else None for i, j in rows]
-    for r, y in zip(drawn, ys):
-        responses[r] = y
+        ys = iter(sample(policy, tok, prompt_ids[online], prompt_mask[online], n=table.sum(0)[online], seed=stream_seed(
+            "sample"), args=args, bucket=args.batch_size * k) if online.any() else [])  # in the order of `table`
+    responses = [next(ys) if online[i] else encode_responses(tok, [batch[i][("chosen", "rejected")[j]]],
+                                                             args.max_new_tokens)[0] for j, i in table.nonzero()]
 
     # 3. label, z = True when y1 wins: offline and DP pairs (y1 the chosen response) carry the dataset's label (step
     # 5 redraws DP's from the policy), PP pairs are their two samples, labelled in step 5; the oracle scores every
     # sample of a PR example, and its pair is the best and the worst of them, labelled by the oracle (oracle_label)
-    pair = torch.tensor([[row_of[i, 0], row_of[i, 1]] for i in range(B)])  # (B, 2)
-    z, ties, gap = torch.ones(B, dtype=torch.bool), 0, None
-    pr = (source == PR).nonzero().flatten().tolist()
-    if pr:
-        pr_rows = torch.tensor([row_of[i, j] for j in range(k) for i in pr]).view(k, len(pr)).T  # (|PR|, k)
-        texts = tok.batch_decode([responses[r] for r in pr_rows.T.flatten()], skip_special_tokens=True)
-        scores = ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr] * k, texts, when)  # sample 1 of all, ...
-        slots, z[pr], ties, gap = oracle_label(torch.tensor(scores, dtype=torch.double).view(k, len(pr)).T,
-                                               args.oracle_label, torch.rand(len(pr), dtype=torch.double,
-                                               generator=torch.Generator().manual_seed(stream_seed("oracle"))))
-        pair[pr] = pr_rows.gather(1, slots)
+    pair, z, ties, gap = row[:2].T.contiguous(), torch.ones(B, dtype=torch.bool), 0, 0.0  # (B, 2): responses 1, 2
+    pr = (source == PR).nonzero().flatten()  # the PR examples
+    if len(pr):  # the oracle scores the first sample of every PR example, then the second, ...
+        texts = tok.batch_decode([responses[r] for r in row[:, pr].flatten()], skip_special_tokens=True)
+        scores = torch.tensor(ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr] * k, texts, when)).double()
+        slots, z[pr], ties, gap = oracle_label(scores.view(k, len(pr)).T, args.oracle_label, torch.rand(
+            len(pr), generator=torch.Generator().manual_seed(stream_seed("oracle")), dtype=torch.double))
+        pair[pr] = row[:, pr].T.gather(1, slots)
     # the unkept samples stay where term (2) weighs them (c > 0): online DPO pays nothing for them beyond the oracle
-    keep = (torch.tensor(source_coefs(args))[source[example]] > 0) | torch.isin(torch.arange(len(rows)), pair)
+    keep = (torch.tensor(source_coefs(args))[source[example]] > 0) | torch.isin(torch.arange(len(example)), pair)
     pair = (keep.cumsum(0) - 1)[pair]  # the same rows, numbered without the dropped ones
     # the self-labels are drawn in step 5, from the policy's log-probs of the forward pass; their uniforms come now
     uniforms = torch.rand(B, generator=torch.Generator().manual_seed(stream_seed("self")), dtype=torch.double)
@@ -450,6 +453,7 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
     source, example, pair, z, uniforms = (t.to(device) for t in (rollout.source, rollout.example, rollout.pair,
                                                                  rollout.z, rollout.uniforms))
     on_policy, policy_labeled = source_masks(source)  # (B,) each
+    pr = (rollout.source == PR).nonzero()  # on the host: no wait for the device
 
     # 4. score: log pi_θ(y|x) and log pi_ref(y|x) of the N responses, the reference without gradient; with the
     # penalty, also KL_t(pi_ref ‖ pi_θ) over the vocabulary at every response position (§6)
@@ -492,32 +496,29 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
         **({"objective/sample_kl": sample_kl} if n_sampled else {}),
         **({"objective/revkl": revkl.detach()} if args.revkl_coef else {}),
         **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
-        "labels/ties": float(rollout.ties), **({"labels/score_gap": rollout.score_gap} if rollout.score_gap is not
-                                               None else {})}
+        "labels/ties": float(rollout.ties), **({"labels/score_gap": rollout.score_gap} if len(pr) else {})}
 
 
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
-          checkpoint_dir: Optional[str] = None, resume_from: Optional[str] = None,
+          checkpoint_dir: Optional[str] = None, resumed: Optional[tuple] = None,
           log: Callable[[dict], None] = lambda m: None) -> list[dict]:
     """The SAIL training loop; returns the metrics of every step, saving a checkpoint every --save-every steps and at
     the end. Under torchrun each rank trains on its own share of every rollout (the leave-one-out baseline is over its
     own pairs) and DDP averages the gradients, or FSDP2 shards them; rank 0 evaluates, logs and saves (FSDP: all)."""
-    from transformers import get_scheduler
-
     device = next(policy.parameters()).device
     rank, world = rank_and_world()
     # the gradient forward goes through DDP under torchrun (it all-reduces the gradients in backward); sampling and
     # evaluation use the bare policy. A policy that FSDP2 sharded (`shard`) reduce-scatters its gradients itself.
     sharded = isinstance(policy, FSDPModule)
     grad_policy = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 and not sharded else policy
-    # fused on CUDA: "theoretically fastest" (torch.optim docs) and, with a GradScaler, no found_inf.item() sync
-    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                            fused=device.type == "cuda")
-    schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[args.schedule]
-    scheduler = get_scheduler(schedule, opt, num_warmup_steps=args.warmup_steps, num_training_steps=args.steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 needs loss scaling
+    start, opt, scheduler, scaler, rng = resumed or load_checkpoint(None, args, policy, amp_dtype)
+    if rng:  # here, after the reference's evaluation (whose oracle may draw from them), as in the uninterrupted run
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
     history = []
-    start = load_checkpoint(resume_from, policy, opt, scheduler, scaler) if resume_from else 0
     policy.train()
 
     progress = tqdm(range(start, args.steps), desc=args.design, initial=start, total=args.steps, dynamic_ncols=True,
@@ -539,22 +540,22 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
             scaler.scale(loss / args.grad_accum).backward()
             stats.append(micro_stats)
 
-        # a non-finite loss stops the run, on every rank, before the update, so that the last checkpoint stays good
-        metrics = {"step": step + 1, **mean_metrics(stats, world)}
-        if not math.isfinite(metrics["loss"]):
-            raise RunError(f"the loss is {metrics['loss']} at step {step + 1}: stopped before the update; the last "
-                           f"checkpoint in {checkpoint_dir} is intact (try a lower --lr or --dtype fp32)")
-
-        # 7. update: unscale (fp16), clip, AdamW step, schedule
+        # 7. update: unscale (fp16), clip, AdamW step, schedule. A non-finite loss or gradient norm stops the run, on
+        # every rank, before the update, so that the last checkpoint stays good (fp16: the GradScaler skips an inf)
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm or float("inf"))
+        grad_norm = grad_norm.full_tensor() if sharded else grad_norm  # FSDP: a DTensor, the same on every rank
+        metrics = {"step": step + 1, **mean_metrics(stats, world)}
+        if not all(map(math.isfinite, (metrics["loss"], 0.0 if scaler.is_enabled() else float(grad_norm)))):
+            raise RunError(f"the loss is {metrics['loss']}, the gradient norm {float(grad_norm)} at step {step + 1}: "
+                           f"stopped before the update; the last checkpoint in {checkpoint_dir} is intact (try a lower "
+                           "--lr or --dtype fp32)")
         scaler.step(opt)
         scaler.update()
         scheduler.step()
         opt.zero_grad(set_to_none=True)
 
         # log, evaluate, save; stop after a SIGTERM
-        grad_norm = grad_norm.full_tensor() if sharded else grad_norm  # FSDP: a DTensor, the same on every rank
         metrics.update({"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
         metrics["timing/samples_per_s"] = args.batch_size * args.grad_accum * world / (time.perf_counter() - t0)
         if (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps:
@@ -568,7 +569,7 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         stop = stop_requested(device) and step + 1 < args.steps  # SIGTERM on any rank: save this step, then stop
         if (rank == 0 or sharded) and checkpoint_dir and ((args.save_every and (step + 1) % args.save_every == 0)
                                                           or step + 1 == args.steps or stop):
-            save_checkpoint(checkpoint_dir, step + 1, policy, tok, opt, scheduler, scaler, args.keep_last)
+            save_checkpoint(checkpoint_dir, step + 1, policy, tok, opt, scaler, args.keep_last)
         if stop:  # the other ranks wait for rank 0's checkpoint (a rank that exits has torchrun end the rest)
             if dist.is_initialized():
                 dist.barrier()
@@ -710,9 +711,6 @@ class Args:
 def parse_args(argv=None) -> Args:
     """Args from the flags; a .yaml/.yml/.json file given first sets the fields it names, later flags override it.
     The file becomes flags parsed by the same parser: its values get the command line's type and choice checks."""
-    import yaml  # a dependency of transformers
-    from transformers import HfArgumentParser
-
     parser = HfArgumentParser(Args, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = ""
 
@@ -723,12 +721,13 @@ def parse_args(argv=None) -> Args:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         try:
-            config = yaml.safe_load(open(argv[0])) or {}  # JSON is YAML
+            config = yaml.safe_load(open(argv[0], "rb")) or {}  # JSON is YAML; bytes: YAML's own UTF-8/16 check
         except (OSError, yaml.YAMLError) as e:
             error(f"{argv[0]}: cannot read it as YAML or JSON ({' '.join(str(e).split())})")
         fields = {f.name: f.default for f in dataclasses.fields(Args)}
-        bad = sorted(k for k, v in config.items() if k not in fields or isinstance(v, (list, dict)) or v is None
-                     and fields[k] is not None) if isinstance(config, dict) else 0  # null: only for a None default
+        # null: only for a None default; a boolean only for a switch (NOTE: YAML reads yes, no, on as booleans)
+        bad = sorted(str(k) for k, v in config.items() if k not in fields or v is None and fields[k] is not None or
+                     isinstance(v, (list, dict, bool)) > isinstance(fields[k], bool)) if isinstance(config, dict) else 0
         if bad or not isinstance(config, dict):
             error(f"{argv[0]}: expected a mapping of Args field names to numbers, strings or booleans; wrong: {bad}")
         where, config = f"{argv[0]}: ", [f"--{k}={v}" for k, v in config.items() if v is not None]  # =: "-1" too
@@ -760,13 +759,23 @@ def validate(args: Args) -> Args:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if embedded and args.max_prompt_length is None:
-        args.max_prompt_length = EMBEDDED_CONTEXT - args.max_new_tokens
     for name in ("model", "dataset", "eval_split", "reward_model"):  # a path spelt another way is the same run
         if getattr(args, name) and os.path.exists(os.path.expanduser(getattr(args, name))):
             setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
-    folder = pathlib.Path(args.output_dir).absolute()
-    above = next(p for p in (folder, *folder.parents) if os.path.lexists(p))  # the folder, or where it would be made
+    folder = os.path.realpath(args.output_dir or ".")  # inputs are read-only: it may not be, hold or lie in one
+    inputs = args.model, args.reward_model, args.dataset, args.eval_split, (args.reward_fn or "").rpartition(":")[0]
+    clash = [p for p in inputs if p and os.path.exists(p) and os.path.commonpath([r := os.path.realpath(p), folder])
+             in (r, folder)]
+    empty = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(args) if getattr(args, f.name) == ""]
+    probe = folder if os.environ.get("LOCAL_RANK", "0") == "0" else tempfile.gettempdir()  # torchrun: one rank (they
+    made, unwritable = [p for p in (probe, *pathlib.Path(probe).parents) if not os.path.lexists(p)], None  # would race)
+    try:  # made, with a file in it, then removed again: a folder under a file, read-only, in /proc, a name too long
+        os.makedirs(probe, exist_ok=True)
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        unwritable = e.strerror
+    if made:  # from the top: a refused run leaves nothing behind
+        shutil.rmtree(made[-1], ignore_errors=True)
     bounded = [(f.name.replace("_", "-"), getattr(args, f.name), m[1]) for f in dataclasses.fields(args) if
                (m := re.search(r", in ([\[(]\S+, \S+[\])])", f.metadata["help"])) and getattr(args, f.name) is not None]
     problems = [message for failed, message in [  # (condition, what to tell the user): all of them, in one line
@@ -776,8 +785,9 @@ def validate(args: Args) -> Args:
         (not re.fullmatch(r"cpu|mps|cuda(:\d+)?", args.device) or args.device == "mps" and not torch.backends.mps
          .is_available() or args.device[:4] == "cuda" and int(args.device[5:] or 0) >= torch.cuda.device_count(),
          f"--device {args.device}: not a device of this machine (cuda, cuda:N, mps or cpu)"),
-        (not (above.is_dir() and os.access(above, os.W_OK | os.X_OK)), f"--output-dir {args.output_dir}: not a folder "
-         "that can be written (a file is in the way, or it is read-only)"),
+        (empty, f"{', '.join(empty)}: an empty value"),
+        (clash, f"--output-dir {args.output_dir}: is, holds or lies inside an input of the run, {', '.join(clash)}"),
+        (unwritable, f"--output-dir {args.output_dir}: cannot be written ({unwritable})"),
         (args.dtype == "fp16" and not args.device.startswith("cuda"),
          f"--dtype fp16 needs a CUDA device, not {args.device} (use fp32 or bf16)"),
         (route_probs(args)[PR] > 0 and not embedded and args.reward_model is None and args.reward_fn is None,
@@ -796,6 +806,8 @@ def validate(args: Args) -> Args:
         if failed]
     if problems:
         raise ValueError("; ".join(problems))
+    if embedded:  # its context is known: fit the response and prompt budgets now (with --model: once it is loaded)
+        fit_context(args, EMBEDDED_CONTEXT)
     return args
 
 # --------------------------------------------------------------------------------------------------------------
@@ -860,9 +872,6 @@ def random_review(rng: random.Random) -> tuple[str, str]:
 
 def build_tokenizer():
     """A word-level tokenizer over the task's words, wrapped so that save_pretrained/AutoTokenizer work."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *TASK_WORDS])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -871,8 +880,6 @@ def build_tokenizer():
 
 def build_tiny_gpt2(tok, n_layer=2, n_embd=64, n_positions=EMBEDDED_CONTEXT):
     """A small random GPT-2 for the tokenizer, without dropout (the labelers reuse training forwards)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     config = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=4,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tok.eos_token_id,
                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -948,9 +955,9 @@ def from_pretrained(auto_class, name: str, **kwargs):
             raise RunError(f"{name}: no such file (expected a GGUF model file)")
         need("gguf", f"{name}: a GGUF file")  # transformers reads the file with it
         path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
-        import transformers  # NOTE: where it has GgufConfig, a model from a GGUF file stays marked as quantized
-        # (model.hf_quantizer, config.quantization_config, is_quantized) unless dequantized at load: save_pretrained
-        # refuses it, and a folder saved with the mark loads as quantized again. Older releases load it dense, unmarked
+        # NOTE: where transformers has GgufConfig, a model from a GGUF file stays marked as quantized (hf_quantizer,
+        # config.quantization_config, is_quantized) unless dequantized at load: save_pretrained refuses it, and a
+        # folder saved with the mark loads as quantized again. Older releases load it dense, unmarked
         if auto_class.__name__.startswith("AutoModel") and hasattr(transformers, "GgufConfig"):
             kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)  # dense weights, no mark
     elif looks_local and not os.path.isdir(path):  # fail now, not after the hub's retries
@@ -963,8 +970,6 @@ def from_pretrained(auto_class, name: str, **kwargs):
 
 def load_policy(name: str, device):
     """Any causal LM and its tokenizer, from the hub or a local folder; a missing pad token becomes EOS; no dropout."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
     tok = from_pretrained(AutoTokenizer, name)
     tok.pad_token = tok.pad_token or tok.eos_token  # safe: masks are built by position, never by id (ALGORITHM.md §8)
     # no dropout: the self-labels and term (2) reuse the training forward, which must score the distribution that was
@@ -987,8 +992,6 @@ def load_policy(name: str, device):
 def reward_model_oracle(name: str, device, dtype: torch.dtype, batch_size: int):
     """An oracle from a sequence-classification reward model with its own tokenizer (and chat template, if any),
     scoring (prompt, response) in batches without gradient; a prompt is a string or a list of messages."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     tok = from_pretrained(AutoTokenizer, name)
     tok.pad_token = tok.pad_token or tok.eos_token
     tok.padding_side, tok.truncation_side = "right", "left"  # keep the end of long texts: the response
@@ -1073,7 +1076,7 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
                 raise RunError(f"{source}: expected a top-level JSON list of objects")
             return [(f"{source}[{i}]", row) for i, row in enumerate(rows)]
         rows = []  # any other extension is read as JSONL
-        for line_no, line in enumerate(text.splitlines(), 1):
+        for line_no, line in enumerate(text.split("\n"), 1):  # NOTE: not splitlines(), which splits at U+2028
             try:
                 row = json.loads(line) if line.strip() else {}
             except json.JSONDecodeError as e:
@@ -1302,7 +1305,7 @@ def fsync(path: str):
     os.close(fd)
 
 
-def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, scaler, keep_last: int):
+def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scaler, keep_last: int):
     """Model and tokenizer (save_pretrained) plus everything needed to continue bitwise, written atomically (finite
     weights only). With --fsdp every rank writes its shards of model and optimizer (torch.distributed.checkpoint)."""
     final = os.path.join(output_dir, f"checkpoint-{step:07d}")
@@ -1314,25 +1317,25 @@ def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, sca
     if not finite:  # a diverged update (a huge --lr): its weights would replace a good checkpoint
         raise RunError(f"the weights are not finite after step {step}: stopped before saving them; the last checkpoint"
                        f" in {output_dir} is intact (try a lower --lr or --dtype fp32)")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if sharded:
-        dist.barrier()  # rank 0 has removed what a crash left
-        dcp.save(dict(zip(("model", "optimizer"), get_state_dict(policy, opt))), checkpoint_id=tmp)
-        if rank != 0:
-            return
-    else:
-        policy.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save({"step": step, "optimizer": None if sharded else opt.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng, "world_size": world},
-               os.path.join(tmp, "trainer_state.pt"))
-    # The data position needs no state: batch_indices and rollout_seed are functions of (seed, step, rank, world).
-    for folder, _, files in os.walk(tmp):  # on the disk before the rename: a power loss then leaves no complete-
-        for name in files + ["."]:  # looking checkpoint with empty files
-            fsync(os.path.join(folder, name))
+    with writing(output_dir, f"checkpoint-{step:07d}", tmp):
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if sharded:
+            dist.barrier()  # rank 0 has removed what a crash left
+            dcp.save(dict(zip(("model", "optimizer"), get_state_dict(policy, opt))), checkpoint_id=tmp)
+            if rank != 0:
+                return
+        else:
+            policy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        torch.save({"step": step, "optimizer": None if sharded else opt.state_dict(), "scaler": scaler.state_dict(),
+                    "rng": rng, "world_size": world}, os.path.join(tmp, "trainer_state.pt"))
+        # The data position needs no state: batch_indices and rollout_seed are functions of (seed, step, rank, world);
+        for folder, _, files in os.walk(tmp):  # the schedule is one of the step. On the disk before the rename: a
+            for name in files + ["."]:  # power loss then leaves no complete-looking checkpoint with empty files
+                fsync(os.path.join(folder, name))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # atomic: a crash leaves the previous checkpoints and at most a .tmp folder
     fsync(output_dir)  # the rename itself
@@ -1340,47 +1343,52 @@ def save_checkpoint(output_dir: str, step: int, policy, tok, opt, scheduler, sca
         shutil.rmtree(old)
 
 
-def load_checkpoint(path: str, policy, opt, scheduler, scaler) -> int:
-    """Restore what save_checkpoint wrote; returns the number of steps already done."""
-    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)  # our own file (RNG tuples)
-    if isinstance(policy, FSDPModule):  # this rank's shards, read into the state dicts' own sharded tensors
+@contextlib.contextmanager
+def writing(folder: str, what: str, partial: str = ""):
+    """A failure to write into folder as one line, the partial copy removed (the run stays resumable)."""
+    try:
+        yield
+    except Exception as e:  # NOTE: on a full disk torch.save says only "unexpected pos"
+        why = "no space left on device" if shutil.disk_usage(folder).free < 2 ** 20 else f"{type(e).__name__}: {e}"
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RunError(f"cannot write {what} in {folder}: {' '.join(why.split())}") from None
+
+
+def load_checkpoint(path: Optional[str], args: Args, policy, amp_dtype) -> tuple:
+    """(step, AdamW, its schedule, fp16 GradScaler, RNG states), fresh or from the checkpoint at path, whose weights
+    go into the policy: what does not fit raises (keys, shapes, config). The hyperparameters are this run's flags."""
+    device = next(policy.parameters()).device.type  # fused on CUDA: "theoretically fastest" (torch.optim docs)
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=device == "cuda")
+    scaler = torch.amp.GradScaler(device, enabled=amp_dtype == torch.float16)  # fp16 needs loss scaling
+    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False) if path else {"step": 0, "rng": 0}
+    if path and (state.get("world_size", 1), state["optimizer"] is None) != (rank_and_world()[1], args.fsdp):
+        raise ValueError(f"written by a run with {state.get('world_size', 1)} process(es)" + " and --fsdp" * (
+            state["optimizer"] is None) + ": continue it the same way (each rank's share of the data depends on it)")
+    if path and isinstance(policy, FSDPModule):  # this rank's shards, read into the state dicts' own sharded tensors
         # NOTE: get_state_dict gives a fresh optimizer its state by a step at lr 0; the load then overwrites it
         shards = dict(zip(("model", "optimizer"), get_state_dict(policy, opt)))
         dcp.load(shards, checkpoint_id=path)
         set_state_dict(policy, opt, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
-    elif hasattr(policy, "peft_config"):  # LoRA: save_pretrained wrote the adapter only
+    elif path and hasattr(policy, "peft_config"):  # LoRA: save_pretrained wrote the adapter only
         from peft import load_peft_weights, set_peft_model_state_dict
-        set_peft_model_state_dict(policy, load_peft_weights(path))
-    else:
-        policy.load_state_dict(type(policy).from_pretrained(path, dtype=torch.float32).state_dict())
-    if state["optimizer"] is not None:  # with --fsdp it was in the shards
+        loaded = set_peft_model_state_dict(policy, load_peft_weights(path))  # NOTE: not strict: its keys are checked
+        if loaded.unexpected_keys or any("lora_" in k for k in loaded.missing_keys):
+            raise ValueError("its adapters differ from this run's (--lora-target-modules)")
+    elif path:
+        loaded = type(policy).from_pretrained(path, dtype=torch.float32)
+        config, saved = policy.config.to_diff_dict(), loaded.config.to_diff_dict()
+        if differs := sorted(k for k in config.keys() & saved.keys() if config[k] != saved[k]):
+            raise ValueError(f"its config differs in {', '.join(differs)}")
+        policy.load_state_dict(loaded.state_dict())  # strict: the same keys and shapes
+    if state.get("optimizer") is not None:  # with --fsdp it was in the shards
         opt.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if torch.cuda.is_available() and state["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["step"]
-
-
-def checkpoint_state(path: str) -> Optional[dict]:
-    """The trainer state of a checkpoint whose files are all there and whole, else None (a power loss, a full disk, a
-    file deleted or truncated): trainer_state.pt loads, and each weights file is as long as its header says."""
-    from safetensors import safe_open
-    try:
-        state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False, mmap=True)  # our own file
-        if state["optimizer"] is None:  # --fsdp: the shards of torch.distributed.checkpoint, located by its metadata
-            return state if all(os.path.getsize(os.path.join(path, s.relative_path)) >= s.offset + s.length for s in
-                                dcp.FileSystemReader(path).read_metadata().storage_data.values()) else None
-        index = os.path.join(path, "model.safetensors.index.json")  # a model saved in several files
-        weights = set(json.load(open(index))["weight_map"].values()) if os.path.exists(index) else \
-            [n for n in os.listdir(path) if n.endswith(".safetensors")]
-        [safe_open(os.path.join(path, name), "pt") for name in weights]  # reads the header, checks the file's length
-        return state if weights else None
-    except Exception:  # what a damaged file raises: RuntimeError, EOFError, SafetensorError, KeyError, ...
-        return None
+    scaler.load_state_dict(state.get("scaler") or scaler.state_dict())  # none: fresh, or saved without fp16
+    for group in opt.param_groups:  # this run's --lr, --weight-decay, ..., not the checkpoint's
+        group.update(opt.defaults, initial_lr=args.lr)
+    schedule = getattr(transformers, f"get_{args.schedule}_schedule_with_warmup")
+    scheduler = schedule(opt, num_warmup_steps=args.warmup_steps, last_epoch=state["step"] - 1,  # lr at the step
+                         **({} if args.schedule == "constant" else {"num_training_steps": args.steps}))
+    return state["step"], opt, scheduler, scaler, state["rng"]
 
 
 RESUMABLE = {"output_dir", "steps", "eval_every", "eval_prompts", "save_every", "keep_last", "resume", "overwrite",
@@ -1403,37 +1411,43 @@ def lock_output_dir(path: str):
                        "end, or choose another --output-dir") from None
 
 
-def prepare_output_dir(args: Args, data: str) -> Optional[str]:
-    """Start, resume or refuse, without changing anything: returns the newest intact checkpoint to continue from, or
-    None to start from scratch. `data`, a fingerprint of the rows, is compared with the one in args.json."""
-    checkpoints = list_checkpoints(args.output_dir)
-    if not checkpoints or args.overwrite:
-        return None
-    try:
-        saved = json.load(open(os.path.join(args.output_dir, "args.json")))
+def prepare_output_dir(args: Args, data: str, policy, amp_dtype) -> tuple:
+    """Start, resume or refuse, without changing anything: load_checkpoint's answer for the newest checkpoint that
+    loads, or fresh. A folder that holds anything is a run's, continued if args.json and `data` (the rows) match."""
+    held, checkpoints = list(pathlib.Path(args.output_dir).glob("*")), list_checkpoints(args.output_dir)
+    if stray := [c for c in checkpoints if os.path.islink(c) or not os.path.isdir(c)]:  # could not be replaced
+        raise RunError(f"{stray[0]} is named like a checkpoint but is not a folder: move it away")
+    if not held or args.overwrite:
+        return load_checkpoint(None, args, policy, amp_dtype)
+    try:  # bytes: an args.json that is not UTF-8 is a ValueError too
+        saved = json.loads(pathlib.Path(args.output_dir, "args.json").read_bytes())
     except (OSError, ValueError):
-        saved = {}
-    differs = [k for k, v in {**dataclasses.asdict(args), "data": data}.items() if k not in RESUMABLE and
-               saved.get(k, v if k == "data" else None) != v]  # an args.json without "data": from an older version
+        saved = None
+    # a key missing: a flag newer than the run, at its default (None: one that validate derives from other flags)
+    differs = [k for k, v in {**dataclasses.asdict(args), "data": data}.items() if k not in RESUMABLE and (saved[k] != v
+               if k in saved else getattr(Args, k, None) not in (None, v))] if isinstance(saved, dict) else ["args"]
+    if not checkpoints:  # killed before its first save, or not a run's folder
+        raise RunError(f"{args.output_dir} holds files ({min(held).name}, ...) but no checkpoint to resume: pass "
+                       "--overwrite to start over in it, or choose another --output-dir")
     if differs and not args.resume:
-        raise RunError(f"{args.output_dir} holds a checkpoint of a different run (it differs in "
-                       f"{', '.join('the data' if k == 'data' else '--' + k.replace('_', '-') for k in differs)}): "
-                       "pass --resume to continue it with these flags, --overwrite to start over, or choose another "
-                       "--output-dir")
-    path, state = next(((c, s) for c in reversed(checkpoints) if (s := checkpoint_state(c)) is not None), (0, 0))
-    if not path:
-        raise RunError(f"{args.output_dir}: no checkpoint is intact (a file is missing or truncated): start over with "
-                       "--overwrite, or choose another --output-dir")
-    if path != checkpoints[-1]:  # main deletes the newer ones once every check has passed
-        print(f"{', '.join(os.path.basename(c) for c in checkpoints if c > path)} not intact (a file is missing or "
-              "truncated): falling back")
-    written, this = [f"{n} process(es)" + " and --fsdp" * fsdp for n, fsdp in  # --fsdp: optimizer in the shards
-                     ((state.get("world_size", 1), state["optimizer"] is None), (rank_and_world()[1], args.fsdp))]
-    if written != this:  # each rank's share of the data depends on the number of processes
-        raise RunError(f"{path} was written by a run with {written}: continue it the same way (this run has {this}), "
-                       "or start over with --overwrite")
+        raise RunError(f"{args.output_dir} holds a checkpoint of a different run (it differs in " + ", ".join(
+            {"data": "the data", "args": "args.json"}.get(k, "--" + k.replace("_", "-")) for k in differs) + "): pass "
+            "--resume to continue it with these flags, --overwrite to start over, or choose another --output-dir")
+    for path in reversed(checkpoints):  # NOTE: a failed load may leave some weights loaded: the next load sets all
+        try:
+            loaded = load_checkpoint(path, args, policy, amp_dtype)
+            break
+        except Exception as e:  # damaged (a file missing or truncated), another model's, another number of processes
+            why = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            print(f"{os.path.basename(path)} not intact or does not fit this run ({why}): falling back")
+    else:
+        raise RunError(f"{args.output_dir}: no checkpoint is intact and fits this run ({os.path.basename(path)}: "
+                       f"{why}): start over with --overwrite, or choose another --output-dir")
+    if loaded[0] > args.steps:
+        raise RunError(f"{path}: {loaded[0]} steps done, more than --steps {args.steps}: give --steps {loaded[0]} "
+                       "or more")
     print(f"resuming from {path}" + (f" with changed {', '.join(differs)}" if differs else ""))
-    return path
+    return loaded
 
 
 def write_atomically(path: str, text: str):
@@ -1491,14 +1505,15 @@ def enable_gradient_checkpointing(model):
 
 def fit_context(args: Args, context: Optional[int]):
     """Fill in --max-new-tokens and --max-prompt-length from the model's context (None = unknown), and check them."""
+    prompt_given, response_given = args.max_prompt_length is not None, args.max_new_tokens is not None  # to name
     if args.max_new_tokens is None:
         args.max_new_tokens = min(128, context // 4) if context else 128
     if args.max_prompt_length is None:
         args.max_prompt_length = min(512, context - args.max_new_tokens) if context else 512
     if args.max_prompt_length < 1 or (context and args.max_prompt_length + args.max_new_tokens > context):
-        raise RunError(f"--max-prompt-length {args.max_prompt_length} + --max-new-tokens {args.max_new_tokens} do "
-                       f"not fit the model's context of {context} tokens (prompts are truncated from the left to "
-                       "--max-prompt-length): lower one of them")
+        raise RunError(f"{f'--max-prompt-length {args.max_prompt_length}' if prompt_given else 'a prompt'} + "
+                       f"--max-new-tokens {args.max_new_tokens}{'' if response_given else ' (its default)'} do not "
+                       f"fit the model's context of {context} tokens: lower one of them")
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -1618,8 +1633,6 @@ def stop_requested(device) -> bool:
 # Putting it together
 
 def main(argv=None) -> dict:
-    from transformers import set_seed
-
     args = parse_args(argv)
 
     # device (chosen in validate: cuda, then mps, then cpu; one GPU per rank under torchrun) and precision
@@ -1633,8 +1646,7 @@ def main(argv=None) -> dict:
     set_seed(args.seed)  # Python, numpy, torch; the embedded task seeds itself, rollouts from (seed, step) in train
 
     # policy, data and oracle: every input is checked here, before anything is written
-    if args.model is None:
-        fit_context(args, EMBEDDED_CONTEXT)
+    if args.model is None:  # its budgets were fitted to its context in validate
         policy, tok, rows, eval_rows = build_embedded_task(args, device)
         oracle = load_reward_fn(args.reward_fn) if args.reward_fn else gold_reward
     else:
@@ -1667,22 +1679,22 @@ def main(argv=None) -> dict:
         lock_output_dir(args.output_dir)
     # a fingerprint of the training rows (not eval_rows: their number is --eval-prompts, which a resume may change)
     data = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    resume_from = prepare_output_dir(args, data)
+    resumed = prepare_output_dir(args, data, policy, amp_dtype)  # the checkpoint is loaded: it fits this run
     t0 = time.perf_counter()  # rank 0 evaluates and logs; with --fsdp every rank evaluates, and saves its shards
     before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype,
                       when="evaluation of the reference") if rank == 0 or args.fsdp else {}
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     if world > 1:  # every rank has read the old args.json (prepare_output_dir) before rank 0 writes the new one
         dist.barrier()
-    if rank == 0:  # the checkpoints of another run (--overwrite) or after resume_from (not intact) go
-        stale = [c for c in list_checkpoints(args.output_dir) if resume_from is None or c > resume_from]
+    done = resumed[0]
+    if rank == 0:  # the checkpoints of another run (--overwrite) or after the one resumed (not intact) go
+        stale = [c for c in list_checkpoints(args.output_dir) if not done or int(c[-7:]) > done]
         for path in stale:
             shutil.rmtree(path)
         if stale and args.overwrite:
             print(f"--overwrite: deleted {len(stale)} checkpoint(s) of an earlier run in {args.output_dir}")
         write_atomically(os.path.join(args.output_dir, "args.json"),
                          json.dumps({**dataclasses.asdict(args), "data": data}, indent=2))
-        done = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
         lines = open(metrics_path, errors="replace").readlines() if done and os.path.exists(metrics_path) else []
         write_atomically(metrics_path, "".join(line for line in lines if line.endswith("}\n") and  # not torn
                                                (m := re.match(r'{"step": (\d+)', line)) and int(m[1]) <= done))
@@ -1691,11 +1703,11 @@ def main(argv=None) -> dict:
 
     # align
     with open(metrics_path if rank == 0 else os.devnull, "a") as f:
-        def log(metrics):
-            print(json.dumps(metrics), file=f, flush=True)
+        def log(metrics):  # strict JSON: null for a value that is not finite
+            print(json.dumps({k: v if math.isfinite(v) else None for k, v in metrics.items()}), file=f, flush=True)
             report(metrics)
         history = train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype, checkpoint_dir=args.output_dir,
-                        resume_from=resume_from, log=log)
+                        resumed=resumed, log=log)
     state_dict = None  # save_pretrained's default: the model's own
     if args.fsdp:  # the whole model, gathered into rank 0's memory (every rank sends its shards)
         state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -1709,11 +1721,12 @@ def main(argv=None) -> dict:
     print(f"\n{'':24s}" + "".join(f"{k:>16s}" for k in keys))
     for name, m in (("reference", before), (f"aligned ({args.design})", after)):
         print(f"{name:24s}" + "".join(f"{m[k]:16.3f}" for k in keys))
-    if args.lora_r:  # the adapter in adapter/, and at the top the merged model, which loads without peft
-        policy.save_pretrained(os.path.join(args.output_dir, "adapter"))
-        policy = policy.merge_and_unload()
-    policy.save_pretrained(args.output_dir, state_dict=state_dict)
-    tok.save_pretrained(args.output_dir)
+    with writing(args.output_dir, "the aligned model"):
+        if args.lora_r:  # the adapter in adapter/, and at the top the merged model, which loads without peft
+            policy.save_pretrained(os.path.join(args.output_dir, "adapter"))
+            policy = policy.merge_and_unload()
+        policy.save_pretrained(args.output_dir, state_dict=state_dict)
+        tok.save_pretrained(args.output_dir)
     checkpoints = ", ".join(os.path.basename(c) for c in list_checkpoints(args.output_dir))
     print(f"{len(history)} steps in {time.perf_counter() - t0:.0f} s; the aligned model and tokenizer are in "
           f"{args.output_dir} (checkpoints: {checkpoints})")
@@ -1727,11 +1740,11 @@ def cli(argv=None) -> int:
         main(argv)
         if dist.is_initialized():  # NOTE: a rank leaving while rank 0 still saved once aborted in Gloo's teardown
             dist.barrier()
-    except (RunError, RuntimeError) as e:  # generate() draws from non-finite probabilities: the run diverged
-        if not isinstance(e, RunError) and "probability tensor contains" not in str(e):
-            raise
-        print("error: " + (" ".join(str(e).splitlines()) if isinstance(e, RunError) else "sampling met non-finite "
-              "probabilities: the weights or logits diverged (try a lower --lr or --dtype fp32, and --overwrite)"),
+    except (RunError, OSError, RuntimeError) as e:  # OSError: a file that cannot be written (names itself);
+        if isinstance(e, RuntimeError) and "probability tensor contains" not in str(e):  # generate() draws from
+            raise  # non-finite probabilities: the run diverged
+        print("error: " + ("sampling met non-finite probabilities: the weights or logits diverged (try a lower --lr or "
+              "--dtype fp32, and --overwrite)" if isinstance(e, RuntimeError) else " ".join(str(e).splitlines())),
               file=sys.stderr)
         return 2
     except Preempted as e:

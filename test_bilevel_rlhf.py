@@ -17,6 +17,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -331,8 +332,8 @@ def rollout_of(task, outcome, beta, oracle_label="sample"):
 @pytest.mark.parametrize("revkl_coef", (0.0, 0.7))
 @pytest.mark.parametrize("self_labels", ("sample", "expect"))
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-@pytest.mark.parametrize("design, k, oracle_label", [(d, 2, "argmax") for d in br.DESIGNS] + [
-    (d, k, rule) for d in ("online-dpo", "sail-pr", "mix") for k, rule in ((2, "sample"), (3, "argmax"), (3, "sample"))])
+@pytest.mark.parametrize("design, k, oracle_label", [(d, 2, "argmax") for d in br.DESIGNS] + [(d, k, rule) for d in (
+    "online-dpo", "sail-pr", "mix") for k, rule in ((2, "sample"), (3, "argmax"), (3, "sample"))])
 def test_the_training_step_estimates_the_gradient_of_its_objective(design, k, oracle_label, loss_type, self_labels,
                                                                    revkl_coef):
     """Σ P(outcome) ∇(rollout_loss of that outcome) = −∇J_c + λ ∇ E_x KL(pi_ref(·|x) ‖ pi_θ(·|x)), in float64, through
@@ -399,7 +400,7 @@ def test_a_rollout_samples_only_pp_and_pr_pairs_and_only_pr_pairs_ask_the_oracle
     r = br.make_rollout(args, model, tok, rows, oracle, lambda stream: br.STREAMS.index(stream), torch.float32, "test")
     online = (r.source == br.PP) | (r.source == br.PR)
     assert {br.OFFLINE, br.DP, br.PP, br.PR} <= set(r.source.tolist())  # every source occurs
-    assert len(sampled) == 1 and torch.equal(sampled[0], r.prompt_ids[online].repeat(2, 1))
+    assert len(sampled) == 1 and torch.equal(sampled[0], r.prompt_ids[online])  # each prompt once, n = 2 for each
     for i, row in enumerate(rows):
         dataset_pair = br.encode_responses(tok, [row["chosen"], row["rejected"]], args.max_new_tokens)
         y1, y2 = (r.responses[j] for j in r.pair[i])
@@ -428,9 +429,10 @@ def test_k_samples_per_pr_prompt_are_each_credited_to_their_own_example(design, 
     model, ref = model.double(), ref.double()
     k, g, seen = 3, torch.Generator().manual_seed(0), {}
 
-    def prefixed_sample(model, tok, prompt_ids, prompt_mask, n, seed, args, bucket=0):  # prompt, then 0-3 words
-        return [[t for t in ids.tolist() if t != tok.pad_token_id] + torch.randint(3, len(tok), (int(
-            torch.randint(4, (1,), generator=g)),), generator=g).tolist() for ids in prompt_ids.repeat(n, 1)]
+    def prefixed_sample(model, tok, prompt_ids, prompt_mask, n, seed, args, bucket=0):  # prompt, then 0-3 words,
+        rows = (torch.arange(int(max(n)))[:, None] < n).nonzero()[:, 1]  # listed sample by sample as sample's are
+        return [[t for t in prompt_ids[i].tolist() if t != tok.pad_token_id] + torch.randint(3, len(tok), (int(
+            torch.randint(4, (1,), generator=g)),), generator=g).tolist() for i in rows]
 
     def oracle(prompts, responses):  # ties happen: 0 to 3 words after the prompt's two
         scores = [float(len(set(r.split()))) for r in responses]
@@ -677,7 +679,8 @@ def test_sampler_uses_kv_cache_under_checkpointing_and_cuts_at_eos(pad_is_eos):
     hook = model.transformer.wte.register_forward_hook(lambda m, inputs, out: widths.append(inputs[0].shape[1]))
     ys = br.sample(model, tok, prompt_ids, prompt_mask, n=2, seed=7, args=args)
     hook.remove()
-    assert widths[0] == prompt_ids.shape[1] and set(widths[1:]) == {1}
+    assert widths[0] == prompt_ids.shape[1] - 1 and set(widths[1:]) == {1}  # the prompt but its last token once
+    # (the two samples of a prompt share it), then its last token, then one token per step
     assert model.training  # restored after sampling
     assert len(ys) == 6
     for y in ys:
@@ -690,6 +693,30 @@ def test_sampler_uses_kv_cache_under_checkpointing_and_cuts_at_eos(pad_is_eos):
 
 
 PROMPT_SETS = (["it"], ["the plot", "i loved the film . it was", "it"], ["the cast was", "i"])  # 1, 3, 2 prompts
+
+
+def test_the_samples_of_a_prompt_share_its_prefill_and_draw_what_separate_rows_draw():
+    """n = (4, 2, 3) samples of three left-padded prompts: the prompts but their last token run once (3 rows) and the
+    decoding starts from copies of their KV cache, yet every decoding step's next-token logits are those of 9 separate
+    rows, and so are the samples (the same seed: generate draws the same uniforms). Tolerance: float32 rounding of O(1)
+    logits, dot products of n_embd = 64 terms, a few 1e-6 at most; a prefill at shifted positions is off by ~4e-3."""
+    model, tok = tiny_model()
+    torch.nn.init.normal_(model.transformer.wpe.weight, std=1.0, generator=torch.Generator().manual_seed(0))
+    args = br.validate(br.Args(max_new_tokens=12, output_dir="unused"))
+    prompt_ids, prompt_mask = br.encode_prompts(tok, ["the plot", "i loved the film . it was", "it"], 64, "cpu")
+    shapes, logits = [], []  # hooks, not a wrapped forward: generate() reads the forward's signature
+    model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    model.register_forward_hook(lambda m, a, kw, out: logits.append(out.logits[:, -1]), with_kwargs=True)
+    shared = br.sample(model, tok, prompt_ids, prompt_mask, n=torch.tensor([4, 2, 3]), seed=3, args=args)
+    P, shared_logits = prompt_ids.shape[1], logits[1:]
+    assert shapes[:2] == [(3, P - 1), (9, 1)] and (prompt_mask == 0).any()  # one prefill, then the last tokens
+    rows = [0, 1, 2, 0, 1, 2, 0, 2, 0]  # sample by sample: the first of every prompt, the second, ...
+    shapes.clear(), logits.clear()
+    separate = br.sample(model, tok, prompt_ids[rows], prompt_mask[rows], n=1, seed=3, args=args)
+    assert shapes[0] == (9, P) and len(logits) == len(shared_logits) > 5
+    for a, b in zip(shared_logits, logits):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert shared == separate and len(set(map(tuple, shared))) > 3
 
 
 def test_static_cache_draws_what_the_dynamic_cache_draws():
@@ -2609,15 +2636,18 @@ def checkpoint_weights(folder):
 
 
 @pytest.mark.parametrize("damage", ["truncated weights", "empty weights", "no weights", "truncated trainer state",
-                                    "no trainer state"])
+                                    "no trainer state", "no config", "truncated config", "another config"])
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_newest_intact_one(damage, tiny_files, tmp_path):
     out = tmp_path / "run"
     flags = tiny_flags(tiny_files, out, "--design", "dpo", "--save-every", 1)
     assert run_cli(*flags).returncode == 0
     want = checkpoint_weights(out / "checkpoint-0000004")
     newest = out / "checkpoint-0000004"
-    name = "model.safetensors" if "weights" in damage else "trainer_state.pt"
-    if damage.startswith("no"):
+    name = {"weights": "model.safetensors", "state": "trainer_state.pt", "config": "config.json"}[damage.split()[-1]]
+    if damage == "another config":  # the same shapes, another model: two heads instead of four
+        config = json.loads((newest / name).read_text())
+        (newest / name).write_text(json.dumps({**config, "n_head": config["n_head"] // 2}))
+    elif damage.startswith("no"):
         (newest / name).unlink()
     else:
         data = (newest / name).read_bytes()
@@ -2650,8 +2680,7 @@ def test_checkpoints_are_fsynced_before_and_after_the_rename(tmp_path, monkeypat
                         real_fsync(fd))
     monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
     opt = torch.optim.AdamW(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    br.save_checkpoint(str(tmp_path), 1, model, tok, opt, scheduler, torch.amp.GradScaler("cpu", enabled=False), 2)
+    br.save_checkpoint(str(tmp_path), 1, model, tok, opt, torch.amp.GradScaler("cpu", enabled=False), 2)
     renamed = events.index(("replace", str(tmp_path / "checkpoint-0000001")))
     synced_before = {os.path.basename(path) for kind, path in events[:renamed] if kind == "fsync"}
     assert {"model.safetensors", "trainer_state.pt", "tokenizer.json", ".tmp-checkpoint-0000001"} <= synced_before
@@ -2675,8 +2704,8 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(tiny_files,
     finally:
         first.kill()
         first.wait()
-    # the kernel releases the lock of a killed run: the next run starts
-    assert run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--seed", 1), capsys)[0] == 0
+    # the kernel releases the lock of a killed run: the next run starts (over: the first saved no checkpoint)
+    assert run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--seed", 1, "--overwrite"), capsys)[0] == 0
 
 
 def diverge_after(monkeypatch, steps):
@@ -2743,6 +2772,175 @@ def test_silent_surprises_and_tracebacks_are_one_line(case, message, tiny_files,
     code, _, err = run_in_process(flags, capsys)
     assert code == 2 and message in one_error_line(err)
     assert not any(out.rglob("*"))  # nothing written (the folder may exist, empty: it is locked)
+
+
+@pytest.mark.parametrize("where", ["the model", "inside the model", "spelt with .."])
+def test_an_output_dir_that_is_holds_or_lies_inside_an_input_is_refused_before_loading(where, tiny_files, tmp_path):
+    import shutil
+    shutil.copytree(tiny_files / "policy", tmp_path / "m")
+    shutil.copy(tiny_files / "prefs.jsonl", tmp_path / "m" / "prefs.jsonl")
+    before = snapshot(tmp_path / "m")
+    flags = tiny_flags(tiny_files, {"the model": tmp_path / "m", "inside the model": tmp_path / "m" / "run",
+                                    "spelt with ..": tmp_path / "m" / ".." / "m"}[where], "--design", "dpo")
+    flags[flags.index("--model") + 1] = str(tmp_path / "m")
+    flags[flags.index("--dataset") + 1] = str(tmp_path / "m" / "prefs.jsonl")
+    result = run_cli(*flags)
+    assert result.returncode == 2 and "an input of the run" in one_error_line(result.stderr)
+    assert "device:" not in result.stdout  # refused before loading
+    assert snapshot(tmp_path / "m") == before and not (tmp_path / "m" / "run").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--resume"]])
+def test_a_folder_with_another_runs_files_but_no_checkpoint_is_refused(extra, tiny_files, tmp_path, capsys):
+    out = tmp_path / "run"  # what a run killed before its first save leaves
+    out.mkdir()
+    (out / "args.json").write_text(json.dumps({"design": "dpo"}))
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 0.69}\n')
+    before = snapshot(out)
+    result = run_cli(*tiny_flags(tiny_files, out, "--design", "dpo", *extra))
+    assert result.returncode == 2 and "no checkpoint to resume" in one_error_line(result.stderr)
+    assert snapshot(out) == before
+    assert run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--overwrite"), capsys)[0] == 0
+
+
+def test_resume_with_a_change_the_checkpoint_cannot_take_is_one_line_and_changes_nothing(tiny_files, tmp_path):
+    out = tmp_path / "run"
+    flags = tiny_flags(tiny_files, out, "--design", "dpo", "--save-every", 2)
+    assert run_cli(*flags).returncode == 0
+    before = snapshot(out)
+    result = run_cli(*flags, "--resume", "--lora-r", 4)
+    assert result.returncode == 2 and "no checkpoint is intact and fits this run" in one_error_line(result.stderr)
+    assert snapshot(out) == before
+    assert "resuming from" in run_cli(*flags).stdout  # the original command still continues its run
+
+
+def test_resume_with_a_changed_lr_and_weight_decay_uses_them_from_the_resumed_step(tiny_files, tmp_path, capsys):
+    flags = {name: tiny_flags(tiny_files, tmp_path / name, "--design", "dpo", "--steps", 2, "--warmup-steps", 2)
+             for name in ("same", "changed")}
+    for name in flags:
+        assert run_in_process(flags[name], capsys)[0] == 0
+    assert run_in_process(flags["same"] + ["--steps", 4], capsys)[0] == 0
+    code, out_text, _ = run_in_process(flags["changed"] + ["--steps", 4, "--resume", "--lr", 1e-2, "--weight-decay",
+                                                           0.5, "--schedule", "linear"], capsys)
+    assert code == 0 and "with changed lr, schedule, weight_decay" in out_text
+    lrs = {name: [json.loads(line)["lr"] for line in open(tmp_path / name / "metrics.jsonl")] for name in flags}
+    assert lrs["same"] == [5e-4, 1e-3, 1e-3, 1e-3] and lrs["changed"] == [5e-4, 1e-3, 1e-2 * 1 / 2, 1e-2 * 0 / 2]
+    same, changed = weights(tmp_path / "same"), weights(tmp_path / "changed")
+    assert any(not torch.equal(same[k], changed[k]) for k in same)
+
+
+def test_fewer_steps_than_done_is_refused_and_a_key_missing_from_args_json_is_its_default(tiny_files, tmp_path,
+                                                                                            capsys):
+    out = tmp_path / "run"
+    flags = tiny_flags(tiny_files, out, "--design", "dpo", "--steps", 2)
+    assert run_in_process(flags, capsys)[0] == 0
+    before = snapshot(out)
+    result = run_cli(*flags, "--steps", 1)
+    assert result.returncode == 2 and "2 steps done, more than --steps 1" in one_error_line(result.stderr)
+    assert snapshot(out) == before
+    saved = json.loads((out / "args.json").read_text())
+    del saved["top_k"], saved["revkl_coef"]  # a flag with a default, one that validate derives
+    (out / "args.json").write_text(json.dumps(saved))
+    code, out_text, err = run_in_process(flags + ["--steps", 3], capsys)  # no --resume
+    assert code == 0 and "resuming from" in out_text and "with changed" not in out_text, err
+
+
+def test_a_non_finite_gradient_norm_stops_before_the_update(tiny_files, tmp_path, capsys, monkeypatch):
+    real_clip, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def clip_that_meets_inf(*args, **kwargs):  # step 3's gradient norm is inf; its loss stays finite
+        calls.append(1)
+        norm = real_clip(*args, **kwargs)
+        return norm * float("inf") if len(calls) == 3 else norm
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_that_meets_inf)
+    out = tmp_path / "run"
+    code, _, err = run_in_process(tiny_flags(tiny_files, out, "--design", "dpo", "--save-every", 1), capsys)
+    assert code == 2 and "the gradient norm inf at step 3: stopped before the update" in one_error_line(err)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-0000001", "checkpoint-0000002"]
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2]
+
+
+def test_a_diverging_run_in_a_real_process_stops_and_logs_strict_json(tiny_files, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(*tiny_flags(tiny_files, out, "--design", "dpo", "--lr", 1e4, "--warmup-steps", 0, "--steps", 6,
+                                 "--save-every", 1))
+    assert result.returncode == 2 and "stopped before" in one_error_line(result.stderr)
+
+    def no_nan(token):
+        raise ValueError(f"{token} is not JSON")
+    assert all(json.loads(line, parse_constant=no_nan) for line in open(out / "metrics.jsonl"))
+    assert all(torch.isfinite(v).all() for c in out.glob("checkpoint-*") for v in checkpoint_weights(c).values())
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--output-dir", ""], "--output-dir: an empty value"),
+    (["--output-dir", "/proc/no/run"], "--output-dir /proc/no/run: cannot be written"),
+    (["--output-dir", "n" * 300], "cannot be written (File name too long)"),
+    (["--reward-fn", ""], "--reward-fn: an empty value"),
+    (["--max-new-tokens", "64"], "a prompt + --max-new-tokens 64 do not fit the model's context of 64 tokens"),
+])
+def test_unusable_folders_and_values_are_one_line_before_loading(flags, message, tmp_path):
+    result = run_cli("--quick", *flags, cwd=tmp_path)
+    assert result.returncode == 2 and message in one_error_line(result.stderr) and "--max-prompt-length" not in \
+        result.stderr and "device:" not in result.stdout
+    assert not any(tmp_path.iterdir())  # nothing made
+
+
+@pytest.mark.parametrize("content,message", [
+    ("design: caf\u00e9\n".encode("latin-1"), "cannot read it as YAML or JSON"),
+    (b"\x00\x01binary", "cannot read it as YAML or JSON"),
+    (b"1: 2\nsteps: 3\n", "wrong: ['1']"),
+    (b"design: yes\n", "wrong: ['design']"),
+    (b"lora_target_modules: on\n", "wrong: ['lora_target_modules']"),
+])
+def test_a_config_file_that_is_not_utf8_or_has_odd_keys_or_yaml_booleans_is_one_line(content, message, tmp_path,
+                                                                                      capsys):
+    (tmp_path / "run.yaml").write_bytes(content)
+    with pytest.raises(SystemExit) as e:
+        br.parse_args([tmp_path / "run.yaml", "--output-dir", tmp_path / "out"])
+    assert e.value.code == 2 and message in one_error_line(capsys.readouterr().err)
+
+
+def test_a_jsonl_string_holding_a_line_separator_is_one_row(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({**GOOD, "prompt": "the plot\u2028and"}, ensure_ascii=False) + "\n" + json.dumps(GOOD))
+    assert [row for _, row in br.read_rows(str(path))] == [{**GOOD, "prompt": "the plot\u2028and"}, GOOD]
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_same_command_resumes(tiny_files, tmp_path, capsys,
+                                                                           monkeypatch):
+    out = tmp_path / "run"
+    flags = tiny_flags(tiny_files, out, "--design", "dpo", "--save-every", 1, "--steps", 3)
+    real_save, saves = torch.save, []
+
+    def save_on_a_full_disk(obj, path, *args, **kwargs):  # what torch.save says when the disk fills
+        saves.append(path)
+        if len(saves) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return real_save(obj, path, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    code, _, err = run_in_process(flags, capsys)
+    assert code == 2 and f"cannot write checkpoint-0000002 in {out}: no space left on device" in one_error_line(err)
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-0000001"]  # no .tmp left
+    monkeypatch.undo()
+    code, out_text, err = run_in_process(flags, capsys)
+    assert code == 0 and "resuming from" in out_text and "checkpoint-0000001" in out_text, err
+
+
+@pytest.mark.parametrize("damage", ["binary args.json", "stray file"])
+def test_an_unreadable_args_json_or_a_stray_checkpoint_file_is_one_line(damage, tiny_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = tiny_flags(tiny_files, out, "--design", "dpo", "--steps", 2)
+    assert run_in_process(flags, capsys)[0] == 0
+    if damage == "binary args.json":
+        (out / "args.json").write_bytes(b"\xff\xfe\x00\x01")
+    else:
+        (out / "checkpoint-0000003").write_text("not a checkpoint")
+    before = snapshot(out)
+    result = run_cli(*flags, "--steps", 4)
+    message = "differs in args.json" if damage == "binary args.json" else "checkpoint-0000003 is named like a"
+    assert result.returncode == 2 and message in one_error_line(result.stderr) and snapshot(out) == before
 
 
 def test_the_oracle_gets_copies_of_its_arguments():

@@ -165,7 +165,8 @@ def equal_queries(results: list[dict], names: list[str], steps: int) -> str:
             return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}" if len(values) > 1 else \
                 fmt.format(values[0])
         lines.append(f"| {name} | {step} | {np.mean([r['oracle_queries'] * step / steps for r in runs]):.0f} | "
-                     + " | ".join(cell([p[k] for p in points]) for k in ("gold/reward", "gold/win_rate", "objective/kl"))
+                     + " | ".join(cell([p[key] for p in points]) for key in ("gold/reward", "gold/win_rate",
+                                                                              "objective/kl"))
                      + f" | {cell([r['wall_s'] * step / steps for r in runs], '{:.0f}')} |")
     return "\n".join(lines)
 

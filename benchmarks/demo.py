@@ -61,6 +61,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--design", default="sail-pr")
     p.add_argument("--oracle-label", default="argmax")
+    p.add_argument("--num-samples", type=int, default=2, help="k samples per prompt, the pair the best and the worst")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
@@ -75,6 +76,7 @@ def main():
     model_dir = convert_once(os.path.join(ROOT, "runs", "smollm2-135m-instruct"))
     flags = ["--model", model_dir, "--dataset", TRAIN, "--eval-split", EVAL, "--reward-fn", REWARD_FN,
              "--design", opts.design, "--pr-fraction", "1", "--oracle-label", opts.oracle_label, "--lora-r", "16",
+             "--num-samples", str(opts.num_samples),
              "--batch-size", "8", "--max-new-tokens", "24", "--lr", str(opts.lr), "--steps", str(opts.steps),
              "--eval-every", "10", "--seed", str(opts.seed), "--output-dir", opts.output_dir, "--overwrite",
              "--dtype", opts.dtype]
@@ -104,8 +106,9 @@ def main():
         "per prompt, temperature 1; win rate: the aligned model's sample against the reference's, same seed, ties "
         "half; KL: Monte-Carlo KL(π_θ ‖ π_ref) in nats per response).",
         "",
-        f"Design `{opts.design}` (`--pr-fraction 1`), `--oracle-label {opts.oracle_label}`, LoRA r 16, 8 pairs × 24 "
-        f"tokens per step, lr {opts.lr:g}, {opts.steps} steps, seed {opts.seed}; precision: {precision}.",
+        f"Design `{opts.design}` (`--pr-fraction 1`), `--oracle-label {opts.oracle_label}`, "
+        f"`--num-samples {opts.num_samples}`, LoRA r 16, 8 pairs × 24 tokens per step, lr {opts.lr:g}, "
+        f"{opts.steps} steps, seed {opts.seed}; precision: {precision}.",
         "",
         f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, "
         f"{torch.get_num_threads()} torch threads; 1-minute load average {load0[0]:.1f} just before the start (other "
