@@ -108,6 +108,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
 DESIGNS = ("dpo", "online-dpo", "sail-pr", "sail-pp", "sail-dp", "mix")
 SOURCES = ("offline", "dp", "pp", "pr")  # where an example's pair and label come from (ALGORITHM.md §4)
 OFFLINE, DP, PP, PR = range(4)
+ON_POLICY = torch.tensor([False, False, True, True])  # by source: the pair is picked from samples of pi_θ: term (2)
+POLICY_LABELED = torch.tensor([False, True, True, False])  # by source: the label comes from P_θ: term (3)
 REVKL_DEFAULTS = {"sail-pp": 0.1, "sail-dp": 0.1}  # --revkl-coef λ by design, 0 for the others (docs/study.md)
 PAPER_FRACTIONS = {"dp": 0.4, "pp": 0.3, "pr": 0.3}  # r, p, g: each design's share of DP, PP, PR examples
 MIX_SCALE = 0.6  # mix routes 0.6 × (r, p, g): 40% of its examples keep their dataset label (the paper's keep none)
@@ -157,9 +159,8 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
         is the estimator: with both coefficients 1 its expectation is −∇J; with c < 1 it is −[(1 − c)·g_0 + c·∇J],
         g_0 being the objective's gradient with the data distribution held at the current policy (§5).
     """
-    assert policy_logps_w.shape == policy_logps_l.shape == ref_logps_w.shape == ref_logps_l.shape
-    assert policy_logps_w.dim() == 1
-    B = policy_logps_w.shape[0]
+    B = len(policy_logps_w)
+    assert policy_logps_w.shape == policy_logps_l.shape == ref_logps_w.shape == ref_logps_l.shape == (B,)
     log_q = torch.zeros_like(policy_logps_w) if log_q is None else log_q
     policy_labeled = torch.zeros(B, dtype=torch.bool, device=log_q.device) if policy_labeled is None else policy_labeled
 
@@ -318,11 +319,10 @@ def static_cache(model, rows: int, args: Args):
 def sample(model, tok, prompt_ids, prompt_mask, n, seed: int, args: Args, bucket: int = 0) -> list[list[int]]:
     """n samples per prompt row (an int, or a count per row) from the model, as token lists cut after the first EOS,
     listed sample by sample: the first of every row, then the second of every row that has one, ... The seed makes
-    the rollout replayable. With the static cache, calls of up to `bucket` samples share one cache of that size.
-    Under bf16 autocast, from bf16 weights."""
+    the rollout replayable. With the static cache, calls of up to `bucket` samples share one cache of that size."""
     if not isinstance(model, FSDPModule) and torch.is_autocast_enabled(model.device.type) and \
             torch.get_autocast_dtype(model.device.type) == torch.bfloat16 != next(model.parameters()).dtype:
-        # NOTE: autocast would cast every fp32 weight again at every decoding step (it caches casts only in grad mode)
+        # bf16 weights: autocast would cast each fp32 weight again at every decoding step (it caches only in grad mode)
         owner = (model.model if isinstance(model, AdaptersOff) else model).__dict__  # AdaptersOff: the policy's copy
         model = owner["_bf16_sampler"] = make_reference(model, torch.bfloat16, into=owner.get("_bf16_sampler"))
     was_training = model.training
@@ -369,12 +369,6 @@ def route_probs(args: Args) -> list[float]:
     return [0.0 if abs(offline) < 1e-9 else offline, dp, pp, pr]  # the paper's r + p + g = 1 leaves no offline
 
 
-def source_masks(source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(on_policy, policy_labeled), each Shape (B,) bool, of examples routed to `source`: the pair is picked from
-    samples of pi_θ (PP, PR: q_θ depends on θ, term (2)); the label comes from P_θ (DP, PP: term (3))."""
-    return (source == PP) | (source == PR), (source == DP) | (source == PP)
-
-
 def source_coefs(args: Args) -> list[float]:
     """The coefficient c of terms (2) and (3) by source (offline, DP, PP, PR); online DPO is SAIL-PR with c = 0."""
     return [0.0, args.dp_coef, args.pp_coef, 0.0 if args.design == "online-dpo" else args.pr_coef]
@@ -410,7 +404,7 @@ def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed
     # 1. route: each example, independently, to offline, DP, PP or PR with the design's probabilities
     routing = torch.Generator().manual_seed(stream_seed("route"))
     source = torch.multinomial(torch.tensor(route_probs(args)), B, replacement=True, generator=routing)  # (B,)
-    online = source_masks(source)[0]  # (B,) the PP and PR examples
+    online = ON_POLICY[source]  # (B,) the PP and PR examples
     prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in batch], args.max_prompt_length, device)
 
     # 2. respond: k samples of pi_θ for every PR prompt and two for every PP prompt, in one batched call (KV cache on),
@@ -452,7 +446,7 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
     B, device = len(rollout.source), rollout.prompt_ids.device
     source, example, pair, z, uniforms = (t.to(device) for t in (rollout.source, rollout.example, rollout.pair,
                                                                  rollout.z, rollout.uniforms))
-    on_policy, policy_labeled = source_masks(source)  # (B,) each
+    on_policy, policy_labeled = ON_POLICY.to(device)[source], POLICY_LABELED.to(device)[source]  # (B,) each
     pr = (rollout.source == PR).nonzero()  # on the host: no wait for the device
 
     # 4. score: log pi_θ(y|x) and log pi_ref(y|x) of the N responses, the reference without gradient; with the
@@ -486,7 +480,7 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
     revkl = (kl * response_mask).sum() / response_mask.sum()  # mean KL_t over the batch's response tokens
     loss = surrogate.mean() + args.revkl_coef * revkl
 
-    n_sampled = int(source_masks(rollout.source)[0][rollout.example].sum())  # on the host: no wait for the device
+    n_sampled = int(ON_POLICY[rollout.source][rollout.example].sum())  # on the host: no wait for the device
     sample_kl = ((policy_logps - ref_logps).detach() * sampled).sum() / (n_sampled or 1)
     return loss, {
         "loss": surrogate.detach().mean(),  # the batch mean of ℓ(Δ) (E_z ℓ where --self-labels expect), without λ·KL
