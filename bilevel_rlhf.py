@@ -397,7 +397,7 @@ class Rollout:
 
 
 def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed: Callable[[str], int], amp_dtype,
-                 when: str) -> Rollout:
+                 during: str) -> Rollout:
     """Steps 1–3 for the examples of `batch`: route, respond, label. Each random draw comes from its own stream,
     seeded by `stream_seed(name)` (ALGORITHM.md §6c), so that the rollout replays from (seed, rollout, rank)."""
     B, device, k = len(batch), next(policy.parameters()).device, args.num_samples
@@ -425,7 +425,7 @@ def make_rollout(args: Args, policy, tok, batch: list[dict], oracle, stream_seed
     pr = (source == PR).nonzero().flatten()  # the PR examples
     if len(pr):  # the oracle scores the first sample of every PR example, then the second, ...
         texts = tok.batch_decode([responses[r] for r in row[:, pr].flatten()], skip_special_tokens=True)
-        scores = torch.tensor(ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr] * k, texts, when)).double()
+        scores = torch.tensor(ask_oracle(oracle, [batch[i]["raw_prompt"] for i in pr] * k, texts, during)).double()
         slots, z[pr], ties, gap = oracle_label(scores.view(k, len(pr)).T, args.oracle_label, torch.rand(
             len(pr), generator=torch.Generator().manual_seed(stream_seed("oracle")), dtype=torch.double))
         pair[pr] = row[:, pr].T.gather(1, slots)
@@ -495,7 +495,7 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
 
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
           checkpoint_dir: Optional[str] = None, resumed: Optional[tuple] = None,
-          log: Callable[[dict], None] = lambda m: None) -> list[dict]:
+          log: Callable[[dict], None] = lambda m: None, judge=None) -> list[dict]:
     """The SAIL training loop; returns the metrics of every step, saving a checkpoint every --save-every steps and at
     the end. Under torchrun each rank trains on its own share of every rollout (the leave-one-out baseline is over its
     own pairs) and DDP averages the gradients, or FSDP2 shards them; rank 0 evaluates, logs and saves (FSDP: all)."""
@@ -524,7 +524,7 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
             rows_now = batch_indices(len(rows), args.batch_size, args.seed, rollout_index, rank, world)
             stream_seed = functools.partial(rollout_seed, args.seed, rollout_index, rank)  # stream_seed("route"), ...
             rollout = make_rollout(args, policy, tok, [rows[i] for i in rows_now], oracle, stream_seed, amp_dtype,
-                                   when=f"step {step + 1}")
+                                   during=f"step {step + 1}")
             last = micro == args.grad_accum - 1  # gradients are reduced across ranks in the last backward only:
             if sharded:  # FSDP reduce-scatters them, DDP all-reduces them (set before the forward, as nanoGPT does)
                 policy.set_requires_gradient_sync(last)
@@ -555,7 +555,7 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         if (args.eval_every and (step + 1) % args.eval_every == 0) or step + 1 == args.steps:
             policy.eval()
             evaluation = evaluate(policy, ref, tok, eval_rows, oracle, args, amp_dtype,
-                                  when=f"evaluation at step {step + 1}") if rank == 0 or sharded else {}
+                                  during=f"evaluation at step {step + 1}", judge=judge) if rank == 0 or sharded else {}
             metrics.update({"eval/" + k: v for k, v in evaluation.items()})
             policy.train()
         history.append(metrics)
@@ -589,14 +589,17 @@ def mean_metrics(stats: list[dict], world: int) -> dict:
 # Evaluation: gold reward, win rate against the reference, KL to the reference, on evaluation prompts
 
 @torch.no_grad()
-def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=torch.float32,
-             batch_size: int = 64, when: str = "evaluation") -> dict:
+def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=torch.float32, batch_size: int = 64,
+             during: str = "evaluation", judge=None, per_prompt: Optional[dict] = None) -> dict:
     """Sample one response per prompt of `rows` from the policy and from the reference (same seeds, temperature 1),
-    compare them; objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ − log pi_ref].
-    With --fsdp every rank evaluates (the same rows, the same result), holding one whole model at a time."""
+    compare them under the judge: gold/ is the oracle's, or the judge's where one is given (the oracle's then in
+    oracle/); objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ − log pi_ref].
+    Returns the means over the prompts; `per_prompt` receives their values (for paired comparisons). With --fsdp
+    every rank evaluates (the same rows, the same result), holding one whole model at a time."""
     device = next(policy.parameters()).device
     args = dataclasses.replace(args, temperature=1.0, top_p=1.0, top_k=0)  # pi_θ itself, whatever the run sampled
-    kl, gold, wins = [], [], []
+    judges = {name: f for name, f in (("gold", judge or oracle), ("oracle", judge and oracle)) if f}
+    values = {"objective/kl": [], **{f"{name}/{m}": [] for name in judges for m in ("reward", "win_rate")}}
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in chunk], args.max_prompt_length,
@@ -606,17 +609,17 @@ def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=t
             batch = join(prompt_ids, prompt_mask, ys, tok.pad_token_id)  # (B, T), (B, T), (B, R)
             policy_logps = sequence_logps(policy, *batch)  # (B,)
         with autocast(device, amp_dtype), gathered(ref):
-            kl += (policy_logps - sequence_logps(ref, *batch)).tolist()
-            ys_ref = sample(ref, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args) if oracle is not None else []
-        if oracle is not None:
-            texts = tok.batch_decode(ys + ys_ref, skip_special_tokens=True)  # the policy's, then the reference's
-            g_pol, g_ref = np.split(np.array(ask_oracle(oracle, [r["raw_prompt"] for r in chunk] * 2, texts, when)), 2)
-            gold += g_pol.tolist()
-            wins += [float(a > b) + 0.5 * float(a == b) for a, b in zip(g_pol, g_ref)]  # ties count half
-    metrics = {"objective/kl": float(np.mean(kl))}
-    if oracle is not None:
-        metrics.update({"gold/reward": float(np.mean(gold)), "gold/win_rate": float(np.mean(wins))})
-    return metrics
+            values["objective/kl"] += (policy_logps - sequence_logps(ref, *batch)).tolist()
+            ys_ref = sample(ref, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args) if judges else []
+        texts = tok.batch_decode(ys + ys_ref, skip_special_tokens=True)  # the policy's, then the reference's
+        for name, scorer in judges.items():  # each prompt's two responses compared
+            mine, ref_s = np.split(np.array(ask_oracle(scorer, [r["raw_prompt"] for r in chunk] * 2, texts, during,
+                                                       "judge" if scorer is judge else "oracle")), 2)
+            values[f"{name}/reward"] += mine.tolist()
+            values[f"{name}/win_rate"] += (0.5 + 0.5 * np.sign(mine - ref_s)).tolist()  # 1, 0, or ½ for a tie
+    if per_prompt is not None:
+        per_prompt.update(values)
+    return {key: float(np.mean(v)) for key, v in values.items()}
 
 # --------------------------------------------------------------------------------------------------------------
 # Everything around the algorithm. Arguments: one flat dataclass; --help and the flags come from it
@@ -654,6 +657,8 @@ class Args:
     eval_fraction: float = arg(0.05, "fraction of --dataset held out for evaluation without --eval-split", "[0, 1)")
     reward_model: Optional[str] = arg(None, "hub id, folder or .gguf file of a sequence-classifier reward model")
     reward_fn: Optional[str] = arg(None, "oracle f(prompts, responses) -> list of scores: module:func or file.py:func")
+    eval_reward_model: Optional[str] = arg(None, "the judge of evaluation (gold/), if not the oracle: a reward model")
+    eval_reward_fn: Optional[str] = arg(None, "the judge of evaluation, if not the oracle: a function, as --reward-fn")
     reward_batch_size: int = arg(16, "responses scored per reward-model forward", GE1)
     max_prompt_length: Optional[int] = arg(None, "prompt tokens kept, the last ones (default: fit to the context)", GE1)
 
@@ -753,11 +758,12 @@ def validate(args: Args) -> Args:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("model", "dataset", "eval_split", "reward_model"):  # a path spelt another way is the same run
-        if getattr(args, name) and os.path.exists(os.path.expanduser(getattr(args, name))):
+    for name in ("model", "dataset", "eval_split", "reward_model", "eval_reward_model"):  # a path spelt another way is
+        if getattr(args, name) and os.path.exists(os.path.expanduser(getattr(args, name))):  # the same run
             setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
     folder = os.path.realpath(args.output_dir or ".")  # inputs are read-only: it may not be, hold or lie in one
-    inputs = args.model, args.reward_model, args.dataset, args.eval_split, (args.reward_fn or "").rpartition(":")[0]
+    inputs = args.model, args.reward_model, args.eval_reward_model, args.dataset, args.eval_split, *(
+        (spec or "").rpartition(":")[0] for spec in (args.reward_fn, args.eval_reward_fn))
     clash = [p for p in inputs if p and os.path.exists(p) and os.path.commonpath([r := os.path.realpath(p), folder])
              in (r, folder)]
     empty = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(args) if getattr(args, f.name) == ""]
@@ -787,6 +793,7 @@ def validate(args: Args) -> Args:
         (route_probs(args)[PR] > 0 and not embedded and args.reward_model is None and args.reward_fn is None,
          f"--design {args.design} labels policy samples with an oracle: give --reward-model or --reward-fn"),
         (args.reward_model and args.reward_fn, "give one oracle: --reward-model or --reward-fn, not both"),
+        (args.eval_reward_model and args.eval_reward_fn, "give one judge: --eval-reward-model or --eval-reward-fn"),
         (args.num_samples > 2 and route_probs(args)[PR] == 0, f"--num-samples {args.num_samples}: only PR examples "
          f"take more than two samples, and --design {args.design} has none (online-dpo, sail-pr and mix have them)"),
         (args.design in ("sail-pp", "sail-dp") and route_probs(args)[OFFLINE] == 0,
@@ -846,8 +853,9 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
     return scores
 
 
-def random_review(rng: random.Random) -> tuple[str, str]:
-    """One (prompt, response) from the grammar; the prompt is the first few words of the first sentence."""
+def random_review(rng: random.Random, held_out: bool = False) -> tuple[str, str]:
+    """One (prompt, response) from the grammar; the prompt is the first few words of the first sentence, or with
+    `held_out` the first sentence and the first few words of the second: a prompt that training never sees."""
     sentences = []
     for _ in range(rng.randint(2, 4)):
         adjective = ([rng.choice(ADVERBS)] if rng.random() < 0.3 else []) + [rng.choice(list(SENTIMENT))]
@@ -859,7 +867,7 @@ def random_review(rng: random.Random) -> tuple[str, str]:
         else:
             words = ["i", rng.choice(list(VERBS)), "the", rng.choice(NOUNS)]
         sentences.append(words + ["."])
-    cut = rng.randint(1, len(sentences[0]) - 2)  # the prompt never completes the first sentence
+    cut = held_out * len(sentences[0]) + rng.randint(1, len(sentences[held_out]) - 2)  # never completes its sentence
     words = [w for s in sentences for w in s]
     return " ".join(words[:cut]), " ".join(words[cut:])
 
@@ -920,8 +928,9 @@ def build_embedded_task(args: Args, device):
         _, first_wins, _, _ = oracle_label(scores, "sample", torch.rand(len(chunk), generator=g, dtype=torch.double))
         rows += [{"prompt": p, "raw_prompt": p, "chosen": a if a_wins else b, "rejected": b if a_wins else a}
                  for p, a, b, a_wins in zip(chunk, firsts, seconds, first_wins)]
-    # evaluation prompts: fresh draws of the task's prompts, not held out (its few prompts occur in training too)
-    eval_rows = [{"prompt": p, "raw_prompt": p} for p, _ in (random_review(rng) for _ in range(args.eval_prompts))]
+    # evaluation prompts, held out: the task has fewer than a hundred openings of a first sentence, all seen in training
+    eval_rows = [{"prompt": p, "raw_prompt": p} for p, _ in (random_review(rng, held_out=True)
+                                                             for _ in range(args.eval_prompts))]
     return policy, tok, rows, eval_rows
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1029,9 +1038,10 @@ def load_reward_fn(spec: str) -> Callable:
     return namespace[function_name]
 
 
-def ask_oracle(oracle, prompts: list, responses: list[str], when: str) -> list[float]:
-    """The oracle's scores, checked: one finite number per response; anything else, or an exception, is a RunError."""
-    stop = f"{when}: the oracle %s; stopped before any update, the last checkpoint is intact"
+def ask_oracle(oracle, prompts: list, responses: list[str], during: str, role: str = "oracle") -> list[float]:
+    """The oracle's (or judge's) scores, checked: one finite number per response; anything else, or an exception, is a
+    RunError that says `during` what (a step, an evaluation) it happened."""
+    stop = f"{during}: the {role} %s; stopped before any update, the last checkpoint is intact"
     try:  # copies: an oracle that changes its arguments must not change the prompts
         scores = oracle(copy.deepcopy(prompts), list(responses))
     except (Exception, SystemExit) as e:  # the user's code (sys.exit too): say what it raised, in one line
@@ -1385,8 +1395,8 @@ def load_checkpoint(path: Optional[str], args: Args, policy, amp_dtype) -> tuple
     return state["step"], opt, scheduler, scaler, state["rng"]
 
 
-RESUMABLE = {"output_dir", "steps", "eval_every", "eval_prompts", "save_every", "keep_last", "resume", "overwrite",
-             "report_to", "device"}  # flags that may change when a run is continued (the folder, however it's spelt)
+RESUMABLE = {"output_dir", "steps", "eval_every", "eval_prompts", "eval_reward_model", "eval_reward_fn", "save_every",
+             "keep_last", "resume", "overwrite", "report_to", "device"}  # flags that may change when a run is continued
 LOCKS = []  # the output folder this process has opened to lock (cli closes it)
 
 
@@ -1642,14 +1652,15 @@ def main(argv=None) -> dict:
     # policy, data and oracle: every input is checked here, before anything is written
     if args.model is None:  # its budgets were fitted to its context in validate
         policy, tok, rows, eval_rows = build_embedded_task(args, device)
-        oracle = load_reward_fn(args.reward_fn) if args.reward_fn else gold_reward
     else:
         policy, tok = load_policy(args.model, device)
         fit_context(args, getattr(policy.config, "max_position_embeddings", None))
         rows, eval_rows = load_preferences(args, tok)
-        oracle_dtype = amp_dtype if device.type == "cuda" else torch.float32
-        oracle = (reward_model_oracle(args.reward_model, device, oracle_dtype, args.reward_batch_size)
-                  if args.reward_model else load_reward_fn(args.reward_fn) if args.reward_fn else None)
+    score_dtype = amp_dtype if device.type == "cuda" else torch.float32  # a reward model has no master copy to keep
+    oracle, judge = (reward_model_oracle(model, device, score_dtype, args.reward_batch_size) if model else
+                     load_reward_fn(fn) if fn else None for model, fn in  # the oracle labels, the judge evaluates
+                     ((args.reward_model, args.reward_fn), (args.eval_reward_model, args.eval_reward_fn)))
+    oracle = oracle or (gold_reward if args.model is None else None)  # the embedded task's own
     if args.lora_r:  # its --lora-dropout is the only dropout left in the forward
         policy = add_lora(policy, args)
     if world > 1:  # every rank starts from rank 0's weights (the embedded task is built on each rank)
@@ -1676,7 +1687,7 @@ def main(argv=None) -> dict:
     resumed = prepare_output_dir(args, data, policy, amp_dtype)  # the checkpoint is loaded: it fits this run
     t0 = time.perf_counter()  # rank 0 evaluates and logs; with --fsdp every rank evaluates, and saves its shards
     before = evaluate(ref, ref, tok, eval_rows, oracle, args, amp_dtype,
-                      when="evaluation of the reference") if rank == 0 or args.fsdp else {}
+                      during="evaluation of the reference", judge=judge) if rank == 0 or args.fsdp else {}
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     if world > 1:  # every rank has read the old args.json (prepare_output_dir) before rank 0 writes the new one
         dist.barrier()
@@ -1701,7 +1712,7 @@ def main(argv=None) -> dict:
             print(json.dumps({k: v if math.isfinite(v) else None for k, v in metrics.items()}), file=f, flush=True)
             report(metrics)
         history = train(args, policy, ref, tok, rows, oracle, eval_rows, amp_dtype, checkpoint_dir=args.output_dir,
-                        resumed=resumed, log=log)
+                        resumed=resumed, log=log, judge=judge)
     state_dict = None  # save_pretrained's default: the model's own
     if args.fsdp:  # the whole model, gathered into rank 0's memory (every rank sends its shards)
         state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -1711,7 +1722,8 @@ def main(argv=None) -> dict:
     after = {k.removeprefix("eval/"): v for k, v in final.items() if k.startswith("eval/")}
 
     # report and save
-    keys = [k for k in ("gold/reward", "gold/win_rate", "objective/kl") if k in after]
+    keys = [k for k in ("gold/reward", "gold/win_rate", "oracle/reward", "oracle/win_rate", "objective/kl")
+            if k in after]
     print(f"\n{'':24s}" + "".join(f"{k:>16s}" for k in keys))
     for name, m in (("reference", before), (f"aligned ({args.design})", after)):
         print(f"{name:24s}" + "".join(f"{m[k]:16.3f}" for k in keys))
