@@ -27,7 +27,8 @@ By the log-derivative trick, ∇J is the sum of three terms (§5), each estimate
     (1)  −∇ℓ(Δ_θ)                                       the DPO/IPO/SLiC gradient, on every example
     (2)  −ℓ · ∇ log q_θ = −ℓ · Σ_j ∇ log pi_θ(y_j|x)     the response term, where q_θ depends on θ (PP, PR): over
                                                         every sample the pair was picked from, kept or not (§5)
-    (3)  −ℓ · ∇ log P_θ(z)                               the label term, where P_θ depends on θ (DP, PP)
+    (3)  −ℓ · ∇ log P_θ(z)                               the label term, where P_θ depends on θ (DP, PP): by
+                                                        default its expectation over z, exact, not a draw (§6b)
 
 Terms (2) and (3) carry the coefficient c in [0, 1] of the example's source. c = 1 follows ∇J; c = 0 drops them: on PR
 examples that is online (iterative) DPO, on DP and PP examples DPO on self-labelled pairs (whose expected gradient is
@@ -132,7 +133,7 @@ def pairwise_loss(delta, beta: float, loss_type: str) -> torch.Tensor:
 
 
 def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta, loss_type="dpo",
-              response_coef=0.0, label_coef=0.0, log_q=None, policy_labeled=None, self_labels="sample",
+              response_coef=0.0, label_coef=0.0, log_q=None, policy_labeled=None, self_labels="expect",
               lengths=None, baseline="loo"):
     """Per-pair pairwise loss plus the two bilevel terms of SAIL (ALGORITHM.md §5).
 
@@ -147,9 +148,9 @@ def sail_loss(policy_logps_w, policy_logps_l, ref_logps_w, ref_logps_l, *, beta,
         log_q: log q_θ, Shape (B,): Σ log pi_θ over every sample the pair was picked from (the caller knows how it
             drew them), 0 (None: all 0) where the pair is the dataset's. Term (2) is its gradient.
         policy_labeled: bool, Shape (B,): the label comes from P_θ (term (3) applies). None = all False.
-        self_labels: the mode of those labels. "sample": the label was drawn from P_θ and term (3) is its
-            score-function term; "expect": the loss of such a pair is its expectation over the label (§6b), whatever
-            order the pair is in.
+        self_labels: the mode of those labels. "expect" (the default, --self-labels): the loss of such a pair is its
+            expectation over the label, p·ℓ(Δ) + (1 − p)·ℓ(−Δ) (§6b), whatever order the pair is in, and term (3) is
+            the gradient through p; "sample": the label was drawn from P_θ, and term (3) is its score-function term.
         lengths: response token counts (len_w, len_l), each Shape (B,); only for "ipo-token".
         baseline: "loo" (b = mean of ℓ over the other pairs of the batch) or "none" (b = 0).
 
@@ -461,8 +462,8 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
         token_logps, kl = token_logps_and_kl(logits, labels, ref_vocab_logprobs)
     policy_logps, ref_logps = (token_logps * response_mask).sum(1), (ref_token_logps * response_mask).sum(1)  # (N,)
 
-    # 5. self-label: DP and PP pairs get a Bradley-Terry draw from the policy's implicit reward r_θ (detached); with
-    # --self-labels expect the loss averages over it, and the draw only orders the pair
+    # 5. self-label: DP and PP pairs by P_θ, Bradley-Terry on the implicit reward r_θ (detached). By default
+    # (--self-labels expect) the loss averages over the label and this draw only orders the pair; with sample it is z
     z = torch.where(policy_labeled, implicit_reward_label(policy_logps[pair], ref_logps[pair], args.beta, uniforms), z)
 
     # 6. loss: each pair in the label's order (y_w, y_l); ℓ(Δ) plus term (2) where the pair is picked from samples
@@ -487,8 +488,8 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
         "rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
         "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
         "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-        **({"objective/sample_kl": sample_kl} if n_sampled else {}),
-        **({"objective/revkl": revkl.detach()} if args.revkl_coef else {}),
+        **({"kl/samples": sample_kl} if n_sampled else {}),
+        **({"kl/penalty": revkl.detach()} if args.revkl_coef else {}),
         **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
         "labels/ties": float(rollout.ties), **({"labels/score_gap": rollout.score_gap} if len(pr) else {})}
 
@@ -581,7 +582,7 @@ def mean_metrics(stats: list[dict], world: int) -> dict:
         every_rank = [None] * world
         dist.all_gather_object(every_rank, stats)
         stats = [s for rank_stats in every_rank for s in rank_stats]
-    keys = dict.fromkeys(k for s in stats for k in s)  # every key, in order (sample_kl may be absent)
+    keys = dict.fromkeys(k for s in stats for k in s)  # every key, in order (kl/samples may be absent)
     return {key: float(np.mean([s[key] for s in stats if key in s])) for key in keys}
 
 

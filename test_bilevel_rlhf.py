@@ -158,7 +158,8 @@ def test_loss_values_match_formulas():
             # the bilevel terms are zero-valued surrogates: same values, different gradients
             bilevel = [t.clone().requires_grad_() for t in (pw, pl, rw, rl)]
             losses_b, _, _ = br.sail_loss(*bilevel, beta=beta, loss_type=loss_type, response_coef=1.0, label_coef=1.0,
-                                          log_q=bilevel[0] + bilevel[1], policy_labeled=every, lengths=(lw, ll))
+                                          log_q=bilevel[0] + bilevel[1], policy_labeled=every, lengths=(lw, ll),
+                                          self_labels="sample")
             torch.testing.assert_close(losses_b, expected[loss_type], rtol=0, atol=1e-12)
             grad_plain = torch.autograd.grad(losses.sum(), plain[:2])
             grad_bilevel = torch.autograd.grad(losses_b.sum(), bilevel[:2])
@@ -217,7 +218,7 @@ def test_loo_baseline_keeps_expected_gradient(design, loss_type):
         def one_batch(pw, pl, rw, rl, on_policy, policy_labeled, lw, ll):
             return br.sail_loss(pw, pl, rw, rl, beta=BETA, loss_type=loss_type, response_coef=1.0, label_coef=1.0,
                                 log_q=torch.where(on_policy, pw + pl, 0.0), policy_labeled=policy_labeled,
-                                lengths=(lw, ll), baseline=baseline)[0]
+                                lengths=(lw, ll), baseline=baseline, self_labels="sample")[0]
         oij = SimpleNamespace(**{k: v[rows] for k, v in vars(o).items()})
         return torch.func.vmap(one_batch)(*logps(theta, task, oij), oij.on_policy, oij.policy_labeled,
                                           *lengths(task, oij))
@@ -360,7 +361,7 @@ def test_the_training_step_estimates_the_gradient_of_its_objective(design, k, or
                                           torch.log_softmax(task.theta_ref[outcome[0]], -1), log_target=True,
                                           reduction="sum")  # KL(pi_ref(·|x) ‖ pi_θ(·|x))
         if revkl_coef:  # the logged penalty is that KL (a metric that can fail, unlike "≥ 0")
-            assert stats["objective/revkl"] == pytest.approx(float(kl_x), rel=1e-12)
+            assert stats["kl/penalty"] == pytest.approx(float(kl_x), rel=1e-12)
 
     theta = task.theta.clone().requires_grad_()
     J_c = sum(step_probability(theta, task, o, route, coef, BETA, oracle_label) *
@@ -1376,7 +1377,7 @@ def test_bf16_autocast_keeps_the_log_softmax_the_kl_and_every_loss_term_in_fp32(
         args = br.Args(design="mix", beta=0.1, revkl_coef=0.5, self_labels=self_labels)
         loss, stats = br.rollout_loss(args, model, ref, rollout, tok.pad_token_id, torch.bfloat16)
         assert seen == {"inputs": {torch.float32}, "outputs": {torch.float32}}, self_labels
-        assert loss.dtype == stats["objective/revkl"].dtype == stats["rewards/margins"].dtype == torch.float32
+        assert loss.dtype == stats["kl/penalty"].dtype == stats["rewards/margins"].dtype == torch.float32
 
 
 def test_bf16_autocast_log_probs_delta_and_kl_are_fp32s_up_to_the_bf16_rounding_of_the_logits():
@@ -3194,7 +3195,7 @@ def test_smollm2_fully_online_with_a_reward_model_of_its_own_tokenizer(smollm2, 
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = smollm2_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2] and all(m["route/pr"] == 1.0 for m in metrics)
-    assert all(math.isfinite(m[k]) for m in metrics for k in ("loss", "objective/sample_kl", "grad_norm"))
+    assert all(math.isfinite(m[k]) for m in metrics for k in ("loss", "kl/samples", "grad_norm"))
     assert math.isfinite(metrics[-1]["eval/gold/reward"]) and "eval/gold/win_rate" in metrics[-1]
     trained, initial = weights(out), weights(smollm2 / "policy")
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
@@ -3207,7 +3208,7 @@ def test_smollm2_self_labelling_with_lora_adapters(smollm2, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = smollm2_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2] and sum(m["route/pp"] for m in metrics) > 0
-    assert all(math.isfinite(m["loss"]) and math.isfinite(m["objective/revkl"]) for m in metrics)
+    assert all(math.isfinite(m["loss"]) and math.isfinite(m["kl/penalty"]) for m in metrics)
     assert len(adapter_weights(out / "adapter")) == 2 * 7 * 30  # A and B of every linear layer of 30 blocks
     merged, initial = weights(out), weights(smollm2 / "policy")
     assert merged.keys() == initial.keys() and any(not torch.equal(merged[k], initial[k]) for k in initial)

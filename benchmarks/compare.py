@@ -116,7 +116,7 @@ def run(job) -> dict:
             "gold/win_rate": final["gold/win_rate"], "objective/kl": final["objective/kl"],
             "oracle_labels": oracle_labels, "oracle_queries": oracle_labels * args.num_samples,
             **sample_statistics(policy, tok, eval_rows, args),
-            "steps": [{k: m[k] for k in ("step", "loss", "grad_norm", "objective/sample_kl", "objective/revkl")
+            "steps": [{k: m[k] for k in ("step", "loss", "grad_norm", "kl/samples", "kl/penalty")
                        if k in m} for m in history]}
 
 
