@@ -221,7 +221,7 @@ def oracle_label(scores: torch.Tensor, mode: str, uniforms: torch.Tensor):
     slots = torch.stack([torch.minimum(best, worst), torch.maximum(best, worst)], 1)  # (B, 2) in sample order
     slots[best == worst] = torch.tensor([0, 1])  # every score equal: no best, no worst
     s1, s2 = scores.gather(1, slots).T  # (B,) each
-    gap = float((s1 - s2).abs().mean())
+    ties, gap = int((s1 == s2).sum()), float((s1 - s2).abs().mean())
     if mode == "sample":  # a draw with P = ½ + δ is the argmax with probability 2|δ|, else a coin flip: mean |δ| < 0.1
         sure = (torch.sigmoid(s1 - s2) - 0.5).abs()[s1 != s2].mean()  # on untied pairs, > 80% of labels are coin flips
         if sure < 0.1 and not getattr(oracle_label, "warned", False):  # once per process
@@ -229,8 +229,8 @@ def oracle_label(scores: torch.Tensor, mode: str, uniforms: torch.Tensor):
             tqdm.write(f"warning: --oracle-label sample: the oracle's scores differ by little (mean |σ(s1 − s2) − ½| "
                        f"= {sure:.3f} < 0.1): most Bradley-Terry labels are coin flips; use argmax or scale the scores "
                        "to logits", file=sys.stderr)
-        return slots, bradley_terry_label(s1, s2, uniforms), int((s1 == s2).sum()), gap
-    return slots, torch.where(s1 == s2, uniforms < 0.5, s1 > s2), int((s1 == s2).sum()), gap  # ties: a coin flip
+        return slots, bradley_terry_label(s1, s2, uniforms), ties, gap
+    return slots, torch.where(s1 == s2, uniforms < 0.5, s1 > s2), ties, gap  # ties: a coin flip
 
 # --------------------------------------------------------------------------------------------------------------
 # Sequence log-probs and the KL penalty: one set of helpers for the labelers, the loss and the evaluation
@@ -242,9 +242,8 @@ def response_logits(model, input_ids, attention_mask, response_mask) -> torch.Te
     # NOTE: left padding shifts absolute positions (GPT-2); count positions from the first real token (TRL #6800).
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (N, T)
     # use_cache=False: scoring needs no KV cache (building one costs memory, and checkpointing would warn about it)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                   logits_to_keep=response_mask.shape[1] + 1).logits  # (N, R + 1, V)
-    return logits[:, :-1]  # (N, R, V)
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                 logits_to_keep=response_mask.shape[1] + 1).logits[:, :-1]  # (N, R + 1, V) less the last: (N, R, V)
 
 
 def _token_logps_and_kl(logits, labels, ref_logprobs):
@@ -448,18 +447,16 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
     source, example, pair, z, uniforms = (t.to(device) for t in (rollout.source, rollout.example, rollout.pair,
                                                                  rollout.z, rollout.uniforms))
     on_policy, policy_labeled = ON_POLICY.to(device)[source], POLICY_LABELED.to(device)[source]  # (B,) each
-    pr = (rollout.source == PR).nonzero()  # on the host: no wait for the device
 
     # 4. score: log pi_θ(y|x) and log pi_ref(y|x) of the N responses, the reference without gradient; with the
     # penalty, also KL_t(pi_ref ‖ pi_θ) over the vocabulary at every response position (§6)
     input_ids, attention_mask, response_mask = join(rollout.prompt_ids[example], rollout.prompt_mask[example],
                                                     rollout.responses, pad_id)  # (N, T), (N, T), (N, R)
-    labels = input_ids[:, -response_mask.shape[1]:]  # (N, R) the response tokens
     with autocast(device, amp_dtype):
         ref_token_logps, ref_vocab_logprobs = reference_logprobs(  # (N, R) and, with the penalty, (N, R, V)
             ref, input_ids, attention_mask, response_mask, vocab=args.revkl_coef > 0)
         logits = response_logits(grad_policy, input_ids, attention_mask, response_mask)  # (N, R, V)
-        token_logps, kl = token_logps_and_kl(logits, labels, ref_vocab_logprobs)
+        token_logps, kl = token_logps_and_kl(logits, input_ids[:, -response_mask.shape[1]:], ref_vocab_logprobs)
     policy_logps, ref_logps = (token_logps * response_mask).sum(1), (ref_token_logps * response_mask).sum(1)  # (N,)
 
     # 5. self-label: DP and PP pairs by P_θ, Bradley-Terry on the implicit reward r_θ (detached). By default
@@ -491,7 +488,7 @@ def rollout_loss(args: Args, grad_policy, ref, rollout: Rollout, pad_id: int, am
         **({"kl/samples": sample_kl} if n_sampled else {}),
         **({"kl/penalty": revkl.detach()} if args.revkl_coef else {}),
         **{f"route/{name}": (source == k).float().mean() for k, name in enumerate(SOURCES)},
-        "labels/ties": float(rollout.ties), **({"labels/score_gap": rollout.score_gap} if len(pr) else {})}
+        "labels/ties": float(rollout.ties), **({"labels/score_gap": rollout.score_gap} if PR in rollout.source else {})}
 
 
 def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: list[dict], amp_dtype=torch.float32,
@@ -502,8 +499,7 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
     own pairs) and DDP averages the gradients, or FSDP2 shards them; rank 0 evaluates, logs and saves (FSDP: all)."""
     device = next(policy.parameters()).device
     rank, world = rank_and_world()
-    # the gradient forward goes through DDP under torchrun (it all-reduces the gradients in backward); sampling and
-    # evaluation use the bare policy. A policy that FSDP2 sharded (`shard`) reduce-scatters its gradients itself.
+    # the gradient forward goes through DDP under torchrun (FSDP2 reduces its own); sampling and evaluation do not
     sharded = isinstance(policy, FSDPModule)
     grad_policy = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 and not sharded else policy
     start, opt, scheduler, scaler, rng = resumed or load_checkpoint(None, args, policy, amp_dtype)
@@ -522,10 +518,9 @@ def train(args: Args, policy, ref, tok, rows: list[dict], oracle, eval_rows: lis
         t0, stats = time.perf_counter(), []
         for micro in range(args.grad_accum):  # steps 1–6 on each micro-batch (one rollout), its gradient accumulated
             rollout_index = step * args.grad_accum + micro
-            rows_now = batch_indices(len(rows), args.batch_size, args.seed, rollout_index, rank, world)
+            batch = [rows[i] for i in batch_indices(len(rows), args.batch_size, args.seed, rollout_index, rank, world)]
             stream_seed = functools.partial(rollout_seed, args.seed, rollout_index, rank)  # stream_seed("route"), ...
-            rollout = make_rollout(args, policy, tok, [rows[i] for i in rows_now], oracle, stream_seed, amp_dtype,
-                                   during=f"step {step + 1}")
+            rollout = make_rollout(args, policy, tok, batch, oracle, stream_seed, amp_dtype, during=f"step {step + 1}")
             last = micro == args.grad_accum - 1  # gradients are reduced across ranks in the last backward only:
             if sharded:  # FSDP reduce-scatters them, DDP all-reduces them (set before the forward, as nanoGPT does)
                 policy.set_requires_gradient_sync(last)
@@ -756,9 +751,7 @@ def validate(args: Args) -> Args:
         **{f"{s}_fraction": f * (MIX_SCALE if args.design == "mix" else 1.0) for s, f in PAPER_FRACTIONS.items()},
         "beta": 1.0 if args.loss == "slic" else 0.1,
         "device": "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"}
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    args = dataclasses.replace(args, **{name: value for name, value in defaults.items() if getattr(args, name) is None})
     for name in ("model", "dataset", "eval_split", "reward_model", "eval_reward_model"):  # a path spelt another way is
         if getattr(args, name) and os.path.exists(os.path.expanduser(getattr(args, name))):  # the same run
             setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
@@ -1092,10 +1085,9 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict]]:
             rows += [(f"{source}:{line_no}", row)] if line.strip() else []
         return rows
 
-    # a path, not a hub id ("org/name"): a data file's extension, a leading "/", "." or "~", or more than one "/"
     if (source.endswith((".json", ".jsonl")) or source.startswith(("/", ".", "~")) or source.count("/") > 1
             or "\\" in source) and not os.path.isdir(source):
-        raise RunError(f"{source}: no such file")
+        raise RunError(f"{source}: no such file")  # a path, not a hub id ("name" or "org/name")
     try:
         import datasets
     except ImportError:
@@ -1281,9 +1273,7 @@ def join(prompt_ids, prompt_mask, responses: list[list[int]], pad_id: int):
     R = max(1, max(len(r) for r in responses))
     resp = torch.tensor([r + [pad_id] * (R - len(r)) for r in responses], device=prompt_ids.device)  # (N, R)
     resp_mask = torch.tensor([[1] * len(r) + [0] * (R - len(r)) for r in responses], device=prompt_ids.device)
-    input_ids = torch.cat([prompt_ids, resp], dim=1)  # (N, T)
-    attention_mask = torch.cat([prompt_mask, resp_mask], dim=1)  # (N, T)
-    return input_ids, attention_mask, resp_mask
+    return torch.cat([prompt_ids, resp], dim=1), torch.cat([prompt_mask, resp_mask], dim=1), resp_mask
 
 
 def batch_indices(n_rows: int, batch_size: int, seed: int, rollout: int, rank: int = 0, world: int = 1) -> list[int]:
@@ -1511,9 +1501,9 @@ def enable_gradient_checkpointing(model):
 def fit_context(args: Args, context: Optional[int]):
     """Fill in --max-new-tokens and --max-prompt-length from the model's context (None = unknown), and check them."""
     prompt_given, response_given = args.max_prompt_length is not None, args.max_new_tokens is not None  # to name
-    if args.max_new_tokens is None:
+    if not response_given:
         args.max_new_tokens = min(128, context // 4) if context else 128
-    if args.max_prompt_length is None:
+    if not prompt_given:
         args.max_prompt_length = min(512, context - args.max_new_tokens) if context else 512
     if args.max_prompt_length < 1 or (context and args.max_prompt_length + args.max_new_tokens > context):
         raise RunError(f"{f'--max-prompt-length {args.max_prompt_length}' if prompt_given else 'a prompt'} + "
@@ -1527,8 +1517,7 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def setup_distributed(device: torch.device) -> torch.device:
-    """Under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE): join the process group, NCCL on CUDA and Gloo on
-    CPU, and take this rank's GPU. Only rank 0 prints. Returns the device to use."""
+    """Under torchrun: join the process group (NCCL on CUDA, else Gloo), take this rank's GPU; only rank 0 prints."""
     if "RANK" not in os.environ:
         return device
     if device.type == "cuda":
@@ -1596,9 +1585,8 @@ def shard(model, device: torch.device, amp_dtype: torch.dtype):
     blocks = [m for m in model.modules() if type(m).__name__ in (model._no_split_modules or [])]
     if not blocks:
         raise RunError(f"--fsdp: {type(model).__name__} names no decoder block class in _no_split_modules")
-    for block in blocks:
-        fully_shard(block, mesh=mesh, mp_policy=mixed)
-    fully_shard(model, mesh=mesh, mp_policy=mixed)
+    for module in [*blocks, model]:  # the root last: it takes the parameters that no block holds
+        fully_shard(module, mesh=mesh, mp_policy=mixed)
     # NOTE: no register_fsdp_forward_method(model, "generate"): with `gathered` it desynchronizes the ranks (docs)
     return model
 
