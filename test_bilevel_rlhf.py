@@ -17,6 +17,7 @@ import math
 import os
 import random
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -382,6 +383,38 @@ def margin_of(theta, task, outcome):
     y1, y2 = (ys[j] for j in pair_slots(task, outcome))
     log_ratio = torch.log_softmax(theta[x], -1) - torch.log_softmax(task.theta_ref[x], -1)
     return (log_ratio[y1] - log_ratio[y2]) * (1 if z else -1)
+
+
+# docs/explain.py prints the enumeration above for a learner. Its numbers are sums of at most 40 rollouts' gradients
+# (or of as many terms of J), each of size below 1: float64 rounding leaves two of them at most about 40·ε·(a few)
+# ≈ 1e-14 apart (it prints about 1e-17). 1000·ε ≈ 2e-13 allows that, and is 10⁹ times below any term it must find.
+EXPLAIN, EXPLAIN_TOL = os.path.join(HERE, "docs", "explain.py"), 1000 * torch.finfo(f64).eps
+
+
+def test_docs_explain_shows_each_term_where_its_design_has_it():
+    """docs/explain.py: for every design, terms (1) + (2) + (3) make the expected gradient of rollout_loss, which is
+    (1 − c)·g_0 + c·∇J (∇J at c = 1, g_0 for online DPO), also at the default c; (2) and (3) are nonzero exactly where
+    the design samples (PP, PR) or self-labels (DP, PP) with c > 0."""
+    gradients = runpy.run_path(EXPLAIN)["gradients"]  # run_path: no __pycache__ in docs/, which holds only pages
+    for design in br.DESIGNS:
+        g = gradients(design)
+        gap = lambda a, b: float((g[a] - g[b]).abs().max())  # noqa: E731
+        assert gap("sum", "target") < EXPLAIN_TOL and gap("default_step", "default_target") < EXPLAIN_TOL, design
+        assert float((g["term1"] + g["term2"] + g["term3"] - g["sum"]).abs().max()) < EXPLAIN_TOL, design
+        for term, where in (("term2", ("sail-pr", "sail-pp", "mix")), ("term3", ("sail-dp", "sail-pp", "mix"))):
+            assert (float(g[term].abs().max()) > 1e-3) == (design in where), (design, term)
+        assert (gap("sum", "grad_J") > 1e-3) == (design == "online-dpo"), design  # online DPO misses term (2)
+        if design not in ("dpo", "online-dpo"):  # the defaults (c < 1) are neither SAIL's ∇J nor online DPO's g_0
+            assert min(gap("default_step", "grad_J"), gap("default_step", "g_0")) > 1e-3, design
+
+
+def test_docs_explain_runs_and_prints_rounding_differences():
+    result = subprocess.run([sys.executable, EXPLAIN], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    for what, count in (("sum", len(br.DESIGNS)), ("step", 4)):  # every design; the four with a coefficient
+        gaps = [float(x) for x in re.findall(rf"max \|{what} − target\| = (\S+)", result.stdout)]
+        assert len(gaps) == count and max(gaps) < EXPLAIN_TOL, result.stdout
 
 
 def test_a_rollout_samples_only_pp_and_pr_pairs_and_only_pr_pairs_ask_the_oracle(monkeypatch):
