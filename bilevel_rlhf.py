@@ -49,8 +49,7 @@ One training step, on each micro-batch of examples: the paper's algorithm box, o
                                   (sail_loss), plus λ × the KL(pi_ref ‖ pi_θ) penalty of SAIL-RevKL (§6)
     train          7. update      backward, clip, AdamW step; around it: accumulation, logging, checkpoints
 
-The mathematics is in ALGORITHM.md; where this file departs from the paper and from its authors' code, and why, is its
-§9.
+The mathematics is in ALGORITHM.md; where this file departs from the paper and its authors' code, and why: its §9.
 
 Run it:
     python bilevel_rlhf.py                                  # embedded task: tiny GPT-2 on CPU, about a minute
@@ -595,11 +594,10 @@ def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=t
     device = next(policy.parameters()).device
     args = dataclasses.replace(args, temperature=1.0, top_p=1.0, top_k=0)  # pi_θ itself, whatever the run sampled
     judges = {name: f for name, f in (("gold", judge or oracle), ("oracle", judge and oracle)) if f}
-    values = {"objective/kl": [], **{f"{name}/{m}": [] for name in judges for m in ("reward", "win_rate")}}
+    values = {**{f"{name}/{m}": [] for name in judges for m in ("reward", "win_rate")}, "objective/kl": []}
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in chunk], args.max_prompt_length,
-                                                 device)  # (B, P)
+        prompt_ids, prompt_mask = encode_prompts(tok, [r["prompt"] for r in chunk], args.max_prompt_length, device)
         with autocast(device, amp_dtype), gathered(policy):
             ys = sample(policy, tok, prompt_ids, prompt_mask, n=1, seed=i, args=args)
             batch = join(prompt_ids, prompt_mask, ys, tok.pad_token_id)  # (B, T), (B, T), (B, R)
@@ -917,11 +915,10 @@ def build_embedded_task(args: Args, device):
         prompt_ids, prompt_mask = encode_prompts(tok, chunk, args.max_prompt_length, device)
         ys = sample(policy, tok, prompt_ids, prompt_mask, n=2, seed=10_000 + i, args=gen_args)
         texts = tok.batch_decode(ys, skip_special_tokens=True)
-        firsts, seconds = texts[:len(chunk)], texts[len(chunk):]
-        scores = torch.tensor([gold_reward(chunk, firsts), gold_reward(chunk, seconds)], dtype=torch.double).T
+        scores = torch.tensor(gold_reward(chunk * 2, texts), dtype=torch.double).view(2, -1).T  # (B, 2)
         _, first_wins, _, _ = oracle_label(scores, "sample", torch.rand(len(chunk), generator=g, dtype=torch.double))
         rows += [{"prompt": p, "raw_prompt": p, "chosen": a if a_wins else b, "rejected": b if a_wins else a}
-                 for p, a, b, a_wins in zip(chunk, firsts, seconds, first_wins)]
+                 for p, a, b, a_wins in zip(chunk, texts, texts[len(chunk):], first_wins)]
     # evaluation prompts, held out: the task has fewer than a hundred openings of a first sentence, all seen in training
     eval_rows = [{"prompt": p, "raw_prompt": p} for p, _ in (random_review(rng, held_out=True)
                                                              for _ in range(args.eval_prompts))]
@@ -1034,7 +1031,7 @@ def load_reward_fn(spec: str) -> Callable:
 
 def ask_oracle(oracle, prompts: list, responses: list[str], during: str, role: str = "oracle") -> list[float]:
     """The oracle's (or judge's) scores, checked: one finite number per response; anything else, or an exception, is a
-    RunError that says `during` what (a step, an evaluation) it happened."""
+    RunError that names the step or evaluation it happened `during`."""
     stop = f"{during}: the {role} %s; stopped before any update, the last checkpoint is intact"
     try:  # copies: an oracle that changes its arguments must not change the prompts
         scores = oracle(copy.deepcopy(prompts), list(responses))
@@ -1711,8 +1708,7 @@ def main(argv=None) -> dict:
     after = {k.removeprefix("eval/"): v for k, v in final.items() if k.startswith("eval/")}
 
     # report and save
-    keys = [k for k in ("gold/reward", "gold/win_rate", "oracle/reward", "oracle/win_rate", "objective/kl")
-            if k in after]
+    keys = [k for k in after if k in before]  # gold/ (the judge's), oracle/ (with a judge), objective/kl
     print(f"\n{'':24s}" + "".join(f"{k:>16s}" for k in keys))
     for name, m in (("reference", before), (f"aligned ({args.design})", after)):
         print(f"{name:24s}" + "".join(f"{m[k]:16.3f}" for k in keys))
