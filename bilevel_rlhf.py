@@ -920,8 +920,7 @@ def build_embedded_task(args: Args, device):
         rows += [{"prompt": p, "raw_prompt": p, "chosen": a if a_wins else b, "rejected": b if a_wins else a}
                  for p, a, b, a_wins in zip(chunk, texts, texts[len(chunk):], first_wins)]
     # evaluation prompts, held out: the task has fewer than a hundred openings of a first sentence, all seen in training
-    eval_rows = [{"prompt": p, "raw_prompt": p} for p, _ in (random_review(rng, held_out=True)
-                                                             for _ in range(args.eval_prompts))]
+    eval_rows = [dict(prompt=p, raw_prompt=p) for p, _ in (random_review(rng, True) for _ in range(args.eval_prompts))]
     return policy, tok, rows, eval_rows
 
 # --------------------------------------------------------------------------------------------------------------
