@@ -20,12 +20,14 @@ import re
 import runpy
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
 import types
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -3258,3 +3260,154 @@ def test_smollm2_a_gguf_file_without_gguf_or_that_is_missing_is_one_line(smollm2
     assert code == 2 and one_error_line(err) == (f"error: {smollm2_gguf}: a GGUF file needs the gguf package: pip "
                                                  "install gguf")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Paired comparisons of designs (benchmarks/paired.py) and compare.py's paired table
+
+def load_benchmark(name: str):
+    """A module of benchmarks/, imported from its file (benchmarks/ is not a package)."""
+    sys.path.insert(0, os.path.join(HERE, "benchmarks"))  # for its own imports of its neighbours
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", os.path.join(HERE, "benchmarks",
+                                                                                        f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(os.path.join(HERE, "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def paired():
+    return load_benchmark("paired")
+
+
+def crossed(rng, studies, seeds, prompts, sd_seed, sd_prompt, sd_rest, mean=0.3):
+    """`studies` arrays (seeds, prompts) of the crossed model mean + s_i + p_j + e_ij."""
+    return (mean + sd_seed * rng.standard_normal((studies, seeds, 1)) + sd_prompt * rng.standard_normal(
+        (studies, 1, prompts)) + sd_rest * rng.standard_normal((studies, seeds, prompts)))
+
+
+def coverage(paired, studies, flat=False):
+    """How often the 95% interval holds the true mean 0.3 (the second design a zero array: d = the first)."""
+    hits = 0
+    for k, a in enumerate(studies):
+        a = a.reshape(1, -1) if flat else a  # one "seed": every cell its own independent prompt
+        r = paired.paired_difference(a, np.zeros_like(a), n_boot=1000, seed=k)
+        hits += r["low"] <= 0.3 <= r["high"]
+    return hits / len(studies)
+
+
+
+def test_paired_bootstrap_covers_the_mean(paired):
+    """The two-way bootstrap's 95% interval holds the true difference in about 95% of simulated studies (20 seeds ×
+    20 prompts, seed and prompt effects larger than the rest), within 3 binomial standard deviations of the
+    coverage estimate; an interval that ignores the seeds (every cell an independent prompt) falls far short, and so
+    does this one with 3 seeds where the seed effect dominates (the limit paired.py's docstring states: about 75%)."""
+    rng = np.random.default_rng(0)
+    n = 300
+    tolerance = 3 * math.sqrt(0.95 * 0.05 / n)
+    studies = crossed(rng, n, 20, 20, 1.0, 1.0, 0.5)
+    assert abs(coverage(paired, studies) - 0.95) < tolerance
+    assert coverage(paired, studies[:100], flat=True) < 0.6
+    assert 0.6 < coverage(paired, crossed(rng, n, 3, 40, 1.0, 0.1, 0.1)) < 0.88
+
+
+def test_paired_difference_pairs_the_cells_and_is_reproducible(paired):
+    rng = np.random.default_rng(1)
+    shared = crossed(rng, 1, 3, 40, 1.0, 1.0, 1.0)[0]  # what both designs share: it cancels in the difference
+    a, b = shared + 0.2 + 0.05 * rng.standard_normal(shared.shape), shared
+    r = paired.paired_difference(a, b)
+    assert r == paired.paired_difference(a, b)  # a fixed seed
+    assert r["difference"] == pytest.approx((a - b).mean()) and r["low"] < r["difference"] < r["high"]
+    assert r["high"] - r["low"] < 0.05 and r["p"] == pytest.approx(2 / 10001)  # every draw above 0: the floor
+    unpaired = paired.paired_difference(a[[1, 2, 0]], b)  # seeds mismatched: the shared seed effect stays
+    assert unpaired["high"] - unpaired["low"] > 10 * (r["high"] - r["low"])
+    assert paired.paired_difference(b, b)["p"] == 1.0
+    t = paired.paired_t([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]], np.zeros((3, 2)))  # t = 2√3 on 2 df
+    assert t["difference"] == 2.0 and t["p"] == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(14))
+    assert t["high"] - 2.0 == pytest.approx(4.303 / math.sqrt(3), abs=1e-3)
+    with pytest.raises(ValueError):
+        paired.paired_difference(a[0], b[0])
+
+
+def test_holm_on_a_textbook_example(paired):
+    """Holm (1979) on four p-values (the example of Wikipedia's article): sorted 0.005, 0.01, 0.03, 0.04 times 4, 3,
+    2, 1 = 0.02, 0.03, 0.06, 0.04, made monotone: 0.02, 0.03, 0.06, 0.06. At 0.05 the first two are rejected."""
+    adjusted = paired.holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    assert list(adjusted <= 0.05) == [True, False, False, True]
+    np.testing.assert_allclose(paired.holm([0.5, 0.6, 0.01]), [1.0, 1.0, 0.03])  # capped at 1
+    np.testing.assert_allclose(paired.holm([0.02]), [0.02])  # one comparison: unchanged
+
+
+def test_distributions_against_tables(paired):
+    for p, df, value in ((0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 10, 2.228), (0.995, 4, 4.604),
+                         (0.8, 5, 0.920), (0.025, 3, -3.182)):
+        assert paired.t_quantile(p, df) == pytest.approx(value, abs=1e-3)
+    for p, df, value in ((0.95, 1, 3.841), (0.2, 2, -2 * math.log(0.8)), (0.05, 3, 0.352), (0.5, 10, 9.342)):
+        assert paired.chi2_quantile(p, df) == pytest.approx(value, abs=1e-3)
+    assert paired.t_test_power(0.0, 5, 0.05) == pytest.approx(0.05, abs=1e-4)  # no shift: the level
+
+
+def test_power_formula_against_simulation(paired):
+    """The detectable difference has the stated power: a z test with the known standard error on simulated crossed
+    data (closed form and simulation agree), and a t test on the seeds' means at 4 seeds (the noncentral t); the
+    rejection rates are 0.8 within 3 binomial standard deviations. Also: the components come back from a large
+    array, and required_size inverts detectable_difference."""
+    rng = np.random.default_rng(2)
+    c = paired.Components(seed=0.01, prompt=0.02, residual=0.2)
+    seeds, prompts, level = 5, 40, 0.05 / 3
+    delta = paired.detectable_difference(c, seeds, prompts, alpha=0.05, m=3, power=0.8)
+    se = math.sqrt(c.var_mean(seeds, prompts))
+    critical = paired.normal_quantile(1 - level / 2)
+    closed = 1 - statistics.NormalDist().cdf(critical - delta / se) + statistics.NormalDist().cdf(
+        -critical - delta / se)
+    assert closed == pytest.approx(0.8, abs=1e-3)
+    n = 4000
+    tolerance = 3 * math.sqrt(0.8 * 0.2 / n)
+    studies = crossed(rng, n, seeds, prompts, math.sqrt(c.seed), math.sqrt(c.prompt), math.sqrt(c.residual),
+                      mean=delta)
+    assert abs((np.abs(studies.mean(axis=(1, 2)) / se) > critical).mean() - 0.8) < tolerance
+    seed_only = paired.Components(seed=1.0, prompt=0.0, residual=0.0)  # the t test: its variance estimated
+    delta = paired.detectable_difference(seed_only, 4, prompts, alpha=0.05, m=3, power=0.8, t=True)
+    x = delta + rng.standard_normal((n, 4))
+    t = x.mean(axis=1) / (x.std(axis=1, ddof=1) / 2)
+    assert abs((np.abs(t) > paired.t_quantile(1 - level / 2, 3)).mean() - 0.8) < tolerance
+    big = crossed(rng, 1, 200, 400, 0.5, 1.0, 2.0, mean=0.0)[0]
+    got = paired.variance_components(big)
+    assert (got.seed, got.prompt, got.residual) == pytest.approx((0.25, 1.0, 4.0), rel=0.25)
+    need = paired.required_size(c, 0.1, prompts=prompts, m=3, t=True)
+    assert paired.detectable_difference(c, need, prompts, m=3, t=True) <= 0.1
+    assert paired.detectable_difference(c, need - 1, prompts, m=3, t=True) > 0.1
+    assert paired.required_size(c, 0.01, seeds=3, limit=1000) is None  # the seed variance alone is more
+
+
+def test_compare_paired_table(paired):
+    """compare.py's paired table: a method 0.4 above the baseline on every prompt is significant after Holm, one
+    equal up to noise is not, a method whose runs lack per-prompt values (reused from an older JSON) and one that
+    is the baseline's own runs are named and left out; without the baseline's per-prompt values, no table."""
+    compare = load_benchmark("compare")
+    rng = np.random.default_rng(3)
+
+    def runs(method, shift):
+        return [{"method": method, "seed": s, "per_prompt": {
+            "gold/reward": list(shift + 0.2 * rng.standard_normal(40)),
+            "gold/win_rate": list((rng.random(40) < 0.5 + shift) * 1.0)}} for s in range(3)]
+    results = runs("online-dpo", 0.0) + runs("sail-pr", 0.4) + runs("mix", 0.0) + runs("dpo", 0.0)
+    for r in results[9:]:
+        del r["per_prompt"]
+    results += [{**r, "method": "online-dpo k=2", "same_as": "online-dpo"} for r in results[:3]]
+    names = ["dpo", "online-dpo", "sail-pr", "mix", "online-dpo k=2"]
+    text, rows = compare.paired_table(results, names, "online-dpo", n_boot=2000)
+    assert [r["method"] for r in rows] == ["sail-pr", "mix"]
+    assert rows[0]["gold/reward"]["p_holm"] <= 0.05 and rows[0]["gold/reward"]["low"] > 0
+    assert rows[1]["gold/reward"]["low"] < 0 < rows[1]["gold/reward"]["high"]
+    line = next(line for line in text.splitlines() if line.startswith("| sail-pr"))
+    assert line.endswith("| gold reward, win rate |")
+    assert "Not compared: online-dpo k=2 (the same runs" in text and "Not compared: dpo (runs without" in text
+    for r in results[:3]:
+        del r["per_prompt"]
+    text, rows = compare.paired_table(results, names, "online-dpo")
+    assert rows == [] and text.startswith("No paired comparison with online-dpo")

@@ -11,6 +11,11 @@ oracle for labels of their own samples (counted in the `oracle labels` column). 
 
 Writes benchmarks/results/compare[_quick][_PART][_bf16].{json,md,png} (the plot only when matplotlib is installed),
 each run's numbers the same whether its part runs alone or with the others (every run is its own process and seeds).
+
+Paired comparisons: every run also stores its final evaluation per prompt (gold reward, win rate, KL: one more
+evaluation after training, which reproduces the last one exactly), and a part that holds the --baseline (online-dpo)
+gets a second table: each other method's difference to it, with a 95% interval by the paired bootstrap over seeds
+and prompts and Holm-adjusted p-values (benchmarks/paired.py).
 """
 
 import argparse
@@ -26,8 +31,11 @@ import numpy as np
 import torch
 import transformers
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 import bilevel_rlhf as br  # noqa: E402
+import paired  # noqa: E402
 
 # name -> Args overrides. The paper's values: γ = 0.3 (PR), c_PP = 0.2 (PP), ρ = 0.2 (DP); fractions g = 0.3, p = 0.3,
 # r = 0.4; β = 0.1. A name whose settings resolve to the same Args as an earlier one (a default spelled out) is run
@@ -110,9 +118,15 @@ def run(job) -> dict:
     curve = [{"step": m["step"], **{k[5:]: m[k] for k in m if k.startswith("eval/")}} for m in history
              if "eval/gold/reward" in m]
     final = curve[-1]
+    per_prompt = {}  # the final evaluation again, per prompt: deterministic, so it is the one that train() logged
+    policy.eval()
+    again = br.evaluate(policy, ref, tok, eval_rows, br.gold_reward, args, TASK["amp_dtype"], per_prompt=per_prompt,
+                        during="the per-prompt evaluation")
+    policy.train()
+    assert all(again[k] == final[k] for k in again), f"{name} seed {seed}: {again} is not the final evaluation {final}"
     oracle_labels = round(sum(m["route/pr"] for m in history) * args.batch_size * args.grad_accum)
     return {"method": name, "seed": seed, "args": dataclasses.asdict(args), "wall_s": wall, "curve": curve,
-            "gold/reward": final["gold/reward"],
+            "gold/reward": final["gold/reward"], "per_prompt": per_prompt,
             "gold/win_rate": final["gold/win_rate"], "objective/kl": final["objective/kl"],
             "oracle_labels": oracle_labels, "oracle_queries": oracle_labels * args.num_samples,
             **sample_statistics(policy, tok, eval_rows, args),
@@ -171,6 +185,57 @@ def equal_queries(results: list[dict], names: list[str], steps: int) -> str:
     return "\n".join(lines)
 
 
+def paired_table(results: list[dict], names: list[str], baseline: str, n_boot: int = 10000) -> tuple[str, list]:
+    """Each of `names`' difference to `baseline` in gold reward and win rate, paired by seed and evaluation prompt:
+    the mean, its 95% interval by the two-way bootstrap, the p-value Holm-adjusted over the methods compared (per
+    metric; benchmarks/paired.py). Runs without per-prompt values (from an older JSON by --reuse) are left out, and
+    said so; so are names that are the baseline's own runs. Returns the markdown and the rows for the JSON."""
+    base = [r for r in results if r["method"] == baseline]
+    if not all("per_prompt" in r for r in base):
+        return (f"No paired comparison with {baseline}: its runs hold no per-prompt values (--reuse of an older "
+                "JSON)."), []
+    keys = ("gold/reward", "gold/win_rate")
+    rows, left_out, same = [], [], []
+    for name in names:
+        runs = [r for r in results if r["method"] == name]
+        if name == baseline or not runs:
+            continue
+        if not all("per_prompt" in r for r in runs):
+            left_out.append(name)
+            continue
+        assert [r["seed"] for r in runs] == [r["seed"] for r in base], (name, baseline)
+        if all(r.get("same_as", name) == b.get("same_as", baseline) for r, b in zip(runs, base)):
+            same.append(name)  # a name whose Args resolve to the baseline's: one run, reported under both
+            continue
+        arrays = {k: (np.array([r["per_prompt"][k] for r in runs]), np.array([r["per_prompt"][k] for r in base]))
+                  for k in keys}
+        rows.append({"method": name, **{k: paired.paired_difference(a, b, n_boot) for k, (a, b) in arrays.items()}})
+    for k in keys:
+        for row, p in zip(rows, paired.holm([row[k]["p"] for row in rows])):
+            row[k]["p_holm"] = float(p)
+    seeds, prompts = len(base), len(base[0]["per_prompt"][keys[0]])
+    lines = [f"Paired with {baseline}: each method's difference to it on the same {seeds} seed(s) and {prompts} "
+             f"evaluation prompts; 95% interval by the bootstrap over seeds and prompts ({n_boot} draws); p-values "
+             f"Holm-adjusted over the {len(rows)} method(s) compared, per metric (benchmarks/paired.py)."
+             + (" One seed: the intervals are over prompts only, not over training seeds." if seeds == 1 else
+                f" With {seeds} seeds the intervals are too narrow where the seeds vary most: a description more "
+                "than a test." if seeds < 5 else ""), "",
+             f"| method | gold reward − {baseline} | 95% interval | p (Holm) | win rate − {baseline} | 95% interval "
+             "| p (Holm) | significant at 0.05 after Holm |",
+             "| --- | ---: | --- | ---: | ---: | --- | ---: | --- |"]
+    for row in rows:
+        cells = [f"{row[k]['difference']:+.3f} | [{row[k]['low']:+.3f}, {row[k]['high']:+.3f}] | "
+                 f"{row[k]['p_holm']:.3f}" for k in keys]
+        significant = [label for k, label in zip(keys, ("gold reward", "win rate")) if row[k]["p_holm"] <= 0.05]
+        lines.append(f"| {row['method']} | {' | '.join(cells)} | {', '.join(significant) or 'no'} |")
+    if same:
+        lines += ["", f"Not compared: {', '.join(same)} (the same runs as {baseline})."]
+    if left_out:
+        lines += ["", f"Not compared: {', '.join(left_out)} (runs without per-prompt values, taken by --reuse from "
+                  "an older JSON)."]
+    return "\n".join(lines), rows
+
+
 def plot(results: list[dict], names: list[str], reference: dict, path: str) -> bool:
     try:
         import matplotlib
@@ -226,6 +291,8 @@ def main():
                         "instead of being trained again (e.g. after a default changed to a value the grid had run)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="autocast dtype of the training "
                         "runs (bf16: as a --model run on a CPU with AMX; the reference is held in fp32 either way)")
+    parser.add_argument("--baseline", default="online-dpo", help="the method that the paired tables compare every "
+                        "other of its part with (a part without it has none)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process with --threads "
                         "threads (results do not depend on it; wall times do)")
     opts = parser.parse_args()
@@ -294,6 +361,12 @@ def main():
     table = markdown(summarize(results, names), ref_eval)
     samples = [n for n in names if n in PARTS["samples"][1]]
     table += "\n\n" + equal_queries(results, samples, steps) if samples else ""
+    comparisons = {}
+    for part, (title, part_names) in PARTS.items():  # a paired table for each part that holds the baseline
+        part_names = [n for n in part_names if n in names]
+        if opts.baseline in part_names and len(part_names) > 1:
+            text, comparisons[part] = paired_table(results, part_names, opts.baseline)
+            table += "\n\n" + ("" if opts.part else f"Part {part} ({title}). ") + text
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({opts.threads} torch "
                f"thread(s)), torch {torch.__version__}, transformers {transformers.__version__}, Python "
                f"{platform.python_version()}")
@@ -310,7 +383,7 @@ def main():
         f.write(header + "\n\n" + table + "\n")
     with open(out + ".json", "w") as f:
         json.dump({"reference": ref_eval, "results": results, "steps": steps, "seeds": seeds, "machine": machine,
-                   "part": opts.part, "command": command}, f)
+                   "part": opts.part, "command": command, "paired": {"baseline": opts.baseline, **comparisons}}, f)
     plotted = plot(results, names, ref_eval, out + ".png")
     print("\n" + header + "\n\n" + table)
     print(f"\nwrote {out}.md, {out}.json" + (f", {out}.png" if plotted else ""))
