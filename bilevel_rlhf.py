@@ -339,9 +339,8 @@ def sample(model, tok, prompt_ids, prompt_mask, n, seed: int, args: Args, bucket
               past_key_values=extra["past_key_values"], use_cache=True)
         extra["past_key_values"].batch_select_indices(rows)
     if cache is not None:  # padded to `size` rows with copies of row 0, which stop after their first token
-        pad = size - len(input_ids)
-        input_ids, attention_mask = (torch.cat([t, t[:1].expand(pad, -1)]) for t in (input_ids, attention_mask))
-        dummy = torch.arange(size, device=input_ids.device) >= size - pad  # (size,) True for the padding rows
+        input_ids, attention_mask = (torch.cat([t, t[[0] * (size - len(t))]]) for t in (input_ids, attention_mask))
+        dummy = torch.arange(size, device=input_ids.device) >= len(rows)  # (size,) True for the padding rows
         # a stopping criterion returns a done flag per row. NOTE: generate() draws one multinomial over all rows per
         # token, so the padding changes which random numbers a real row gets, not their distribution nor replayability
         extra = {"past_key_values": cache, "stopping_criteria": [lambda ids, scores, **kwargs: dummy]}
@@ -586,11 +585,10 @@ def mean_metrics(stats: list[dict], world: int) -> dict:
 @torch.no_grad()
 def evaluate(policy, ref, tok, rows: list[dict], oracle, args: Args, amp_dtype=torch.float32, batch_size: int = 64,
              during: str = "evaluation", judge=None, per_prompt: Optional[dict] = None) -> dict:
-    """Sample one response per prompt of `rows` from the policy and from the reference (same seeds, temperature 1),
-    compare them under the judge: gold/ is the oracle's, or the judge's where one is given (the oracle's then in
-    oracle/); objective/kl is the Monte-Carlo estimate of KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ − log pi_ref].
-    Returns the means over the prompts; `per_prompt` receives their values (for paired comparisons). With --fsdp
-    every rank evaluates (the same rows, the same result), holding one whole model at a time."""
+    """One sample per prompt of `rows` from the policy and from the reference (same seeds, temperature 1), compared by
+    the judge: gold/ is the oracle's, or the judge's where one is given (the oracle's is then oracle/); objective/kl is
+    the Monte-Carlo KL(pi_θ ‖ pi_ref) = E_{y~pi_θ}[log pi_θ − log pi_ref]. Means over the prompts; `per_prompt` gets
+    their values. With --fsdp every rank evaluates (the same rows, the same result), one whole model at a time."""
     device = next(policy.parameters()).device
     args = dataclasses.replace(args, temperature=1.0, top_p=1.0, top_k=0)  # pi_θ itself, whatever the run sampled
     judges = {name: f for name, f in (("gold", judge or oracle), ("oracle", judge and oracle)) if f}
@@ -846,8 +844,7 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
 
 
 def random_review(rng: random.Random, held_out: bool = False) -> tuple[str, str]:
-    """One (prompt, response) from the grammar; the prompt is the first few words of the first sentence, or with
-    `held_out` the first sentence and the first few words of the second: a prompt that training never sees."""
+    """One (prompt, response) of the grammar; the prompt opens the first sentence (held_out: ends it, opens the next)."""
     sentences = []
     for _ in range(rng.randint(2, 4)):
         adjective = ([rng.choice(ADVERBS)] if rng.random() < 0.3 else []) + [rng.choice(list(SENTIMENT))]
@@ -1029,8 +1026,7 @@ def load_reward_fn(spec: str) -> Callable:
 
 
 def ask_oracle(oracle, prompts: list, responses: list[str], during: str, role: str = "oracle") -> list[float]:
-    """The oracle's (or judge's) scores, checked: one finite number per response; anything else, or an exception, is a
-    RunError that names the step or evaluation it happened `during`."""
+    """The oracle's (or judge's) scores, checked: one finite number per response; else a RunError that says `during`."""
     stop = f"{during}: the {role} %s; stopped before any update, the last checkpoint is intact"
     try:  # copies: an oracle that changes its arguments must not change the prompts
         scores = oracle(copy.deepcopy(prompts), list(responses))
