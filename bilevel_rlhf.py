@@ -844,7 +844,7 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
 
 
 def random_review(rng: random.Random, held_out: bool = False) -> tuple[str, str]:
-    """One (prompt, response) of the grammar; the prompt opens the first sentence (held_out: ends it, opens the next)."""
+    """One (prompt, response); the prompt opens the first sentence (held_out: holds it, opens the second sentence)."""
     sentences = []
     for _ in range(rng.randint(2, 4)):
         adjective = ([rng.choice(ADVERBS)] if rng.random() < 0.3 else []) + [rng.choice(list(SENTIMENT))]
