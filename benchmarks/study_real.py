@@ -27,7 +27,7 @@ The evaluation prompts, benchmarks/study_eval.jsonl: the 40 of benchmarks/demo_e
 study from a list of 80 everyday scenes and 80 everyday things, "Describe <scene>." and, in turn, "Write one sentence
 about <thing>." and "Write a sentence about <thing>."; none is a training prompt (checked, case aside).
 
-    python benchmarks/study_real.py --jobs 2        # 7 designs × 4 seeds, 200 evaluation prompts
+    python benchmarks/study_real.py --jobs 2        # 7 designs × 4 seeds × 40 steps (2-core CPU: about 1 h 45 min)
     python benchmarks/study_real.py --seeds 1 --steps 2 --designs dpo online-dpo --work-dir runs/s --results runs/s/r
                                                     # a smoke run: its results outside benchmarks/results
 
@@ -220,7 +220,7 @@ def main():
         sys.exit(worker(sys.argv[2], sys.argv[3:]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate every this many steps too (default 0: before training and after the last step)")
     p.add_argument("--eval-prompts-file", default=STUDY_EVAL, help="the evaluation prompts (default: 200 of them)")
