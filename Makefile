@@ -28,7 +28,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
 compare: $(VENV)/.bench-installed  # the study on the embedded task, 3 seeds (ARGS="--part designs": one part; --quick: 1 seed)
 	$(PY) benchmarks/compare.py --jobs 2 $(ARGS)
 
-study-real: $(VENV)/.bench-installed  # the six designs on SmolLM2-135M-Instruct toward VADER, 3 seeds (~75 min)
+study-real: $(VENV)/.bench-installed  # 7 designs on SmolLM2-135M-Instruct toward VADER, judged by AFINN, 4 seeds (~1 h 45)
 	$(PY) benchmarks/study_real.py --jobs 2 $(ARGS)
 
 bench: $(VENV)/.bench-installed  # side by side with TRL's OnlineDPOTrainer (ARGS=--quick for a smoke run)
@@ -37,7 +37,7 @@ bench: $(VENV)/.bench-installed  # side by side with TRL's OnlineDPOTrainer (ARG
 bench-real: $(VENV)/.bench-installed  # the same on SmolLM2-135M-Instruct with LoRA (make bench ARGS=--real is the same)
 	$(PY) benchmarks/bench_trl.py --real $(ARGS)
 
-demo: $(VENV)/.bench-installed  # SmolLM2-135M-Instruct aligned toward VADER sentiment on the CPU, ~5 min (README)
+demo: $(VENV)/.bench-installed  # SmolLM2-135M-Instruct toward VADER on the CPU, judged by AFINN, ~5 min (README)
 	$(PY) benchmarks/demo.py $(ARGS)
 
 clean:

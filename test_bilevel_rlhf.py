@@ -1202,6 +1202,17 @@ def test_gold_reward():
     assert br.gold_reward(["the plot"], ["was great . it was"]) == [0.0]  # +1, and −1 for the unfinished sentence
 
 
+def test_the_real_models_judge_scores_valence_per_word_not_length():
+    """benchmarks/afinn_reward.py, the judge of the demo and the real-model study: a positive answer above a negative
+    one, within AFINN's [-5, 5]; the same answer twice scores as once, and neutral words dilute it, not add to it."""
+    pytest.importorskip("afinn")
+    judge = br.load_reward_fn(os.path.join(HERE, "benchmarks", "afinn_reward.py") + ":afinn")
+    good, bad = "What a lovely, happy morning.", "What an awful, miserable morning."
+    scores = judge(["a prompt"] * 5, [good, bad, f"{good} {good}", f"{good} The bus left at nine.", ""])
+    assert scores[0] > 0 > scores[1] and scores[2] == scores[0] and 0 < scores[3] < scores[0] and scores[4] == 0
+    assert all(-5 <= s <= 5 for s in scores)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 6. CUDA (skipped without a GPU)
 

@@ -1,26 +1,38 @@
-"""The study on a real model (`make study-real`): the six designs on SmolLM2-135M-Instruct, aligned toward VADER
-sentiment on a CPU, at matched budgets, several seeds. The counterpart of benchmarks/compare.py's designs on the
-embedded task, with the demo's model, oracle and prompts (benchmarks/demo.py).
+"""The study on a real model (`make study-real`): the designs on SmolLM2-135M-Instruct, aligned toward VADER sentiment
+on a CPU and graded by a judge that is not the oracle, at matched budgets, several seeds, each compared prompt by
+prompt with online DPO. The counterpart of benchmarks/compare.py's designs on the embedded task, with the demo's model,
+oracle, judge and training prompts (benchmarks/demo.py).
 
 1. The offline pairs: the reference (SmolLM2-135M-Instruct, the GGUF file dequantized) samples two pairs of answers
-   per training prompt (benchmarks/demo_train.jsonl, 48 prompts) at temperature 1; VADER labels each pair, the higher
-   compound score preferred (pairs with equal scores are dropped). Every design gets these pairs as its --dataset:
-   dpo trains on them alone, the others on the share of examples their design routes offline, and sail-dp and mix
-   relabel some of them with the policy's own preferences (ALGORITHM.md §4).
-2. The runs: each design at its defaults (the core's fractions and coefficients, β = 0.1, `--oracle-label argmax`),
-   LoRA r 16 on every linear layer, the same learning rate 3e-4 (the demo's, chosen on training prompts only), the
-   same steps × pairs per step, so the same number of preference pairs per run; the online designs also ask the
-   oracle to label their own samples (the `oracle labels` column counts every label a run used, the pairs' included).
-   Each run is one process of `bilevel_rlhf.py` with one torch thread, --jobs of them at a time.
-3. Evaluation: the 40 prompts of benchmarks/demo_eval.jsonl (disjoint from the training prompts), one sample each at
-   temperature 1, before training and every --eval-every steps: the gold reward (VADER) of the policy's sample, the
-   win rate against the reference's (the same seed, ties half), the Monte-Carlo KL(π_θ ‖ π_ref).
+   per training prompt (benchmarks/demo_train.jsonl, 48 prompts) at temperature 1, in fp32; VADER labels each pair,
+   the higher compound score preferred (pairs with equal scores are dropped). Every design gets these pairs as its
+   --dataset: dpo trains on them alone, the others on the share of examples their design routes offline, and sail-dp
+   and mix relabel some of them with the policy's own preferences (ALGORITHM.md §4).
+2. The runs: dpo, online-dpo, online-dpo-k4 (online DPO with `--num-samples 4`: its pair is the best and the worst of
+   4 samples that the oracle scores), sail-pr, sail-pp, sail-dp and mix, each at its defaults (the core's fractions
+   and coefficients, β = 0.1, `--oracle-label argmax`), LoRA r 16 on every linear layer, the same learning rate 3e-4
+   (the demo's, chosen on training prompts only), the same steps × pairs per step, so the same number of preference
+   pairs per run; the online designs also ask the oracle to label their own samples (the `oracle labels` column counts
+   the labelled pairs a run was given, the offline pairs' included). Each run is one process of bilevel_rlhf with
+   --threads torch threads, --jobs of them at a time, in --dtype (default auto: bf16 on a CPU with AMX units).
+3. Evaluation, after the last step (and every --eval-every steps): one sample per prompt of --eval-prompts-file at
+   temperature 1 from the policy and from the reference (the same seed), scored by the judge, the AFINN word list's
+   valence per word (benchmarks/afinn_reward.py), which training never sees: its gold reward and the win rate against
+   the reference's answer (ties half); the oracle's (VADER's) beside them; the Monte-Carlo KL(π_θ ‖ π_ref). Each
+   prompt's values in the final evaluation are kept in the run's result.json; each design's difference to online DPO,
+   paired by seed and prompt, comes from benchmarks/paired.py (paired_difference: the mean, its 95% interval and p;
+   holm: the p-values adjusted over all the tests of the table).
 
-    python benchmarks/study_real.py --jobs 2        # 6 designs x 3 seeds (73 minutes on a 2-core CPU)
-    python benchmarks/study_real.py --seeds 1       # one seed
+The evaluation prompts, benchmarks/study_eval.jsonl: the 40 of benchmarks/demo_eval.jsonl, then 160 written for this
+study from a list of 80 everyday scenes and 80 everyday things, "Describe <scene>." and, in turn, "Write one sentence
+about <thing>." and "Write a sentence about <thing>."; none is a training prompt (checked, case aside).
 
-A finished run is kept (runs/study-real/DESIGN-sSEED/result.json) and not trained again with the same flags (a
-study stopped halfway goes on where it was); --fresh retrains all.
+    python benchmarks/study_real.py --jobs 2        # 7 designs × 4 seeds × 40 steps (2-core CPU: about 1 h 45 min)
+    python benchmarks/study_real.py --seeds 1 --steps 2 --designs dpo online-dpo --work-dir runs/s --results runs/s/r
+                                                    # a smoke run: its results outside benchmarks/results
+
+A finished run is kept (WORK_DIR/DESIGN-sSEED/result.json) and not trained again with the same flags: a study stopped
+halfway goes on where it was when run again; --fresh retrains all.
 Writes benchmarks/results/study_real.{json,md,png} (the plot only when matplotlib is installed).
 """
 import argparse
@@ -42,9 +54,18 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import bilevel_rlhf as br  # noqa: E402
-from demo import EVAL, REWARD_FN, TRAIN, convert_once  # noqa: E402
+from demo import JUDGE_FN, REWARD_FN, TRAIN, convert_once  # noqa: E402
 
-DESIGNS = ("dpo", "online-dpo", "sail-pr", "sail-pp", "sail-dp", "mix")
+try:
+    from paired import holm, paired_difference  # noqa: E402  benchmarks/paired.py
+except ImportError:
+    holm = paired_difference = None
+
+DESIGNS = {  # the name in the tables: the core's --design and the variant's flags
+    "dpo": ("dpo", []), "online-dpo": ("online-dpo", []), "online-dpo-k4": ("online-dpo", ["--num-samples", "4"]),
+    "sail-pr": ("sail-pr", []), "sail-pp": ("sail-pp", []), "sail-dp": ("sail-dp", []), "mix": ("mix", [])}
+BASELINE = "online-dpo"  # the paired table's differences are to this design
+STUDY_EVAL = os.path.join(HERE, "study_eval.jsonl")
 WORK = os.path.join(ROOT, "runs", "study-real")
 
 
@@ -75,11 +96,31 @@ def make_pairs(model_dir: str, path: str, pairs_per_prompt: int, max_new_tokens:
     return {"pairs": len(rows), "ties_dropped": ties, "reference_samples_mean_vader": float(np.mean(scores))}
 
 
-def run(design: str, seed: int, opts, model_dir: str, pairs: str) -> dict:
-    """One run of bilevel_rlhf.py in its own process (one torch thread); its result from metrics.jsonl."""
-    out = os.path.join(WORK, f"{design}-s{seed}")
-    flags = ["--model", model_dir, "--dataset", pairs, "--eval-split", EVAL, "--reward-fn", REWARD_FN,
-             "--design", design, "--oracle-label", "argmax", "--lora-r", "16", "--batch-size", str(opts.batch_size),
+def worker(path: str, flags: list[str]) -> int:
+    """One run, in the subprocess that `run` starts: bilevel_rlhf's command line, and each prompt's values in its first
+    evaluation (the reference's, before training) and its last (the final model's) written to `path`. train() does not
+    ask evaluate for them, so evaluate is wrapped to ask: they are the logged evaluation's own, not a second draw."""
+    evaluations, evaluate = [], br.evaluate
+
+    def recording(*args, **kwargs):
+        evaluations.append({})
+        return evaluate(*args, **{**kwargs, "per_prompt": evaluations[-1]})
+    br.evaluate = recording
+    code = br.cli(flags)
+    if code == 0:
+        with open(path, "w") as f:
+            json.dump({"reference": evaluations[0], "final": evaluations[-1]}, f)
+    return code
+
+
+def run(name: str, seed: int, opts, model_dir: str, pairs: str, n_eval: int) -> dict:
+    """One run of bilevel_rlhf in its own process; its result from metrics.jsonl, with each evaluation prompt's values
+    in its final evaluation."""
+    design, variant = DESIGNS[name]
+    out = os.path.join(opts.work_dir, f"{name}-s{seed}")
+    flags = ["--model", model_dir, "--dataset", pairs, "--eval-split", opts.eval_prompts_file, "--eval-prompts",
+             str(n_eval), "--reward-fn", REWARD_FN, "--eval-reward-fn", JUDGE_FN, "--design", design, *variant,
+             "--oracle-label", "argmax", "--lora-r", "16", "--batch-size", str(opts.batch_size),
              "--max-new-tokens", str(opts.max_new_tokens), "--lr", str(opts.lr), "--steps", str(opts.steps),
              "--eval-every", str(opts.eval_every), "--seed", str(seed), "--output-dir", out, "--overwrite",
              "--save-every", "0", "--dtype", opts.dtype]
@@ -87,42 +128,63 @@ def run(design: str, seed: int, opts, model_dir: str, pairs: str) -> dict:
     if os.path.isfile(done) and not opts.fresh and json.load(open(done))["flags"] == flags:
         return json.load(open(done))  # this run, finished before with the same flags
     env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
+    per_prompt = os.path.join(opts.work_dir, f"{name}-s{seed}.per_prompt.json")
     t0 = time.perf_counter()
-    with open(os.path.join(WORK, f"{design}-s{seed}.log"), "w") as log:
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "bilevel_rlhf.py"), *flags], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+    with open(os.path.join(opts.work_dir, f"{name}-s{seed}.log"), "w") as log:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", per_prompt, *flags], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise SystemExit(f"study: {design} seed {seed} failed (exit {proc.returncode}); see {log.name}")
+        raise SystemExit(f"study: {name} seed {seed} failed (exit {proc.returncode}); see {log.name}")
     wall = time.perf_counter() - t0
     history = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     curve = [{"step": m["step"], **{k[5:]: m[k] for k in m if k.startswith("eval/")}} for m in history
              if "eval/gold/reward" in m]
+    values = json.load(open(per_prompt))
+    for key, v in values["final"].items():  # every prompt evaluated, and the same numbers as the logged evaluation
+        assert len(v) == n_eval and abs(np.mean(v) - curve[-1][key]) < 1e-9, (name, seed, key, len(v))
     online = sum(m.get("route/pr", 0.0) for m in history) * opts.batch_size
-    result = {"design": design, "seed": seed, "flags": flags, "wall_s": wall, "curve": curve, **curve[-1],
-              "online_labels": round(online)}
+    result = {"design": name, "seed": seed, "flags": flags, "wall_s": wall, "curve": curve, **curve[-1],
+              "online_labels": round(online), "per_prompt": values["final"], "reference": values["reference"]}
     with open(done, "w") as f:
         json.dump(result, f)
-    for name in os.listdir(out):  # keep the metrics, drop the weights (the study needs only the numbers)
-        path = os.path.join(out, name)
-        if name not in ("metrics.jsonl", "args.json", "result.json"):
+    os.remove(per_prompt)
+    for entry in os.listdir(out):  # keep the metrics, drop the weights (the study needs only the numbers)
+        path = os.path.join(out, entry)
+        if entry not in ("metrics.jsonl", "args.json", "result.json"):
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    print(f"{design:>10s} seed {seed}: gold {result['gold/reward']:.3f}, win rate {result['gold/win_rate']:.3f}, "
-          f"KL {result['objective/kl']:.3f} ({wall:.0f} s)", flush=True)
+    print(f"{name:>13s} seed {seed}: AFINN {result['gold/reward']:.3f}, win rate {result['gold/win_rate']:.3f}; "
+          f"VADER {result['oracle/reward']:.3f}, {result['oracle/win_rate']:.3f}; KL {result['objective/kl']:.3f} "
+          f"({wall:.0f} s)", flush=True)
     return result
 
 
-def reference_metrics(model_dir: str, run_dir: str) -> dict:
-    """The reference's evaluation, as every run computes it before training, with the settings of a run."""
-    model, tok = br.load_policy(model_dir, "cpu")
-    saved = json.load(open(os.path.join(run_dir, "args.json")))
-    args = br.Args(**{k: v for k, v in saved.items() if k in br.Args.__dataclass_fields__})
-    rows, _ = br.prepare_rows(br.read_preferences(EVAL, tok, "train"), tok, args.max_prompt_length,
-                              args.max_new_tokens)
-    with torch.inference_mode():
-        return br.evaluate(model, model, tok, rows, br.load_reward_fn(REWARD_FN), args)
+def paired_table(results: list[dict], designs: list[str]) -> list[str]:
+    """Each design's difference to BASELINE under the judge, paired by seed and evaluation prompt
+    (benchmarks/paired.py), the p-values Holm-adjusted over all the table's tests."""
+    if BASELINE not in designs or len(designs) < 2:
+        return [f"No paired table: it compares each design with {BASELINE}, which this study did not run."]
+    keys = ("gold/reward", "gold/win_rate")
+
+    def values(name: str, key: str) -> np.ndarray:  # (seeds, prompts), the seeds in order
+        return np.array([r["per_prompt"][key] for r in sorted(results, key=lambda r: r["seed"]) if r["design"] == name])
+    others = [d for d in designs if d != BASELINE]
+    diffs = {(d, k): paired_difference(values(d, k), values(BASELINE, k)) for d in others for k in keys}
+    adjusted = dict(zip(diffs, holm([diff["p"] for diff in diffs.values()])))
+
+    def cells(d: str, k: str) -> str:
+        diff = diffs[d, k]
+        return f"{diff['mean']:+.3f} | [{diff['low']:+.3f}, {diff['high']:+.3f}] | {adjusted[d, k]:.3g}"
+    return [f"| design − {BASELINE} | Δ gold reward (AFINN) | 95% interval | p (Holm) | Δ win rate (AFINN) | "
+            "95% interval | p (Holm) |",
+            "| --- | ---: | :---: | ---: | ---: | :---: | ---: |"] + [
+        f"| {d} | {cells(d, 'gold/reward')} | {cells(d, 'gold/win_rate')} |" for d in others]
 
 
-def plot(results: list[dict], reference: dict, path: str) -> bool:
+PLOTTED = (("gold/reward", "gold reward (AFINN, the judge)"), ("gold/win_rate", "win rate (AFINN)"),
+           ("oracle/reward", "VADER's reward (the oracle)"))  # the plot's panels, against KL
+
+
+def plot(results: list[dict], reference: dict, designs: list[str], path: str) -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -130,16 +192,14 @@ def plot(results: list[dict], reference: dict, path: str) -> bool:
     except ImportError:
         print("matplotlib is not installed: no plot (pip install -r benchmarks/requirements.txt)")
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    colours, markers = plt.get_cmap("tab10").colors, "os^vDP"
-    for ax, key, label in ((axes[0], "gold/reward", "gold reward (VADER)"),
-                           (axes[1], "gold/win_rate", "win rate against the reference")):
-        ax.scatter([0], [reference[key] if key in reference else 0.5], color="black", marker="*", s=120,
-                   label="reference", zorder=3)
-        for i, design in enumerate(DESIGNS):
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(6 * len(PLOTTED), 5))
+    colours, markers = plt.get_cmap("tab10").colors, "os^vDPX"
+    for ax, (key, label) in zip(axes, PLOTTED):
+        ax.scatter([0], [reference[key]], color="black", marker="*", s=120, label="reference", zorder=3)
+        for i, design in enumerate(designs):
             curves = [r["curve"] for r in results if r["design"] == design]
             kl = np.mean([[0.0] + [p["objective/kl"] for p in c] for c in curves], axis=0)
-            y = np.mean([[reference[key] if key in reference else 0.5] + [p[key] for p in c] for c in curves], axis=0)
+            y = np.mean([[reference[key]] + [p[key] for p in c] for c in curves], axis=0)
             ax.plot(kl, y, "-", color=colours[i], marker=markers[i], markersize=5, label=design)
             for r in results:  # the final point of every seed
                 if r["design"] == design:
@@ -148,76 +208,102 @@ def plot(results: list[dict], reference: dict, path: str) -> bool:
         ax.set_ylabel(label + ", mean over seeds")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("SmolLM2-135M-Instruct toward VADER sentiment: a point per evaluation (faint: each seed's last)")
+    fig.suptitle("SmolLM2-135M-Instruct trained toward VADER, judged by AFINN: a point per evaluation (faint: each "
+                 "seed's last)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return True
 
 
 def main():
+    if sys.argv[1:2] == ["--worker"]:  # one run, in the subprocess that `run` starts
+        sys.exit(worker(sys.argv[2], sys.argv[3:]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--eval-every", type=int, default=15)
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate every this many steps too (default 0: before training and after the last step)")
+    p.add_argument("--eval-prompts-file", default=STUDY_EVAL, help="the evaluation prompts (default: 200 of them)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--pairs-per-prompt", type=int, default=2, help="offline pairs sampled per training prompt")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, each a process (results do not depend on it)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--dtype", default="fp32", choices=("auto", "fp32", "bf16"),
-                   help="bilevel_rlhf's --dtype (default fp32: the documented table's; auto = bf16 on a CPU with AMX)")
-    p.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS)
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="bilevel_rlhf's --dtype (auto: bf16 on a CPU with AMX units, else fp32)")
+    p.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
     p.add_argument("--fresh", action="store_true", help="train every run again (default: keep finished runs)")
+    p.add_argument("--work-dir", default=WORK, help="the runs' folders (each run's weights are deleted when it ends)")
     p.add_argument("--results", default=os.path.join(HERE, "results", "study_real"))
     opts = p.parse_args()
+    opts.eval_prompts_file, opts.work_dir = map(os.path.abspath, (opts.eval_prompts_file, opts.work_dir))  # run flags
+    if paired_difference is None:  # before hours of runs, not after them
+        sys.exit("study: benchmarks/paired.py (paired_difference, holm) is missing: the paired table needs it")
     torch.set_num_threads(opts.threads)
     t0, load0 = time.perf_counter(), os.getloadavg()
-    os.makedirs(WORK, exist_ok=True)
+    os.makedirs(opts.work_dir, exist_ok=True)
     model_dir = convert_once(os.path.join(ROOT, "runs", "smollm2-135m-instruct"))
-    pairs = os.path.join(WORK, "pairs.jsonl")
+    precision = br.choose_precision(br.Args(model=model_dir, dtype=opts.dtype), torch.device("cpu"))[1]
+    n_eval = sum(1 for line in open(opts.eval_prompts_file) if line.strip())
+    pairs = os.path.join(opts.work_dir, "pairs.jsonl")
     info = make_pairs(model_dir, pairs, opts.pairs_per_prompt, opts.max_new_tokens)
-    print(f"offline pairs: {info}", flush=True)
+    print(f"offline pairs: {info}; precision of the runs: {precision}", flush=True)
     jobs = [(d, s) for s in range(opts.seeds) for d in opts.designs]
     with concurrent.futures.ThreadPoolExecutor(opts.jobs) as pool:
-        results = list(pool.map(lambda job: run(*job, opts, model_dir, pairs), jobs))
-    reference = reference_metrics(model_dir, os.path.join(WORK, f"{jobs[0][0]}-s{jobs[0][1]}"))
+        results = list(pool.map(lambda job: run(*job, opts, model_dir, pairs, n_eval), jobs))
+    # the reference's evaluation, as every run made it before training (the same prompts, seeds and precision)
+    reference = {k: float(np.mean(v)) for k, v in results[0]["reference"].items()}
+    spread = max(abs(np.mean(v) - reference[k]) for r in results for k, v in r["reference"].items())
     seconds, load1 = time.perf_counter() - t0, os.getloadavg()
 
     def cell(design, key, fmt="{:.3f}"):
         values = np.array([r[key] for r in results if r["design"] == design], dtype=float)
         return fmt.format(values.mean()) + (f" ± {fmt.format(values.std(ddof=1))}" if len(values) > 1 else "")
     versions = ", ".join(f"{m} {importlib.metadata.version(m)}" for m in ("torch", "transformers", "peft",
-                                                                           "vaderSentiment"))
+                                                                           "vaderSentiment", "afinn"))
     command = "python benchmarks/study_real.py " + " ".join(sys.argv[1:])
+    columns = ("gold/reward", "gold/win_rate", "oracle/reward", "oracle/win_rate", "objective/kl")
     lines = [
-        "# The designs on a real model: SmolLM2-135M-Instruct toward VADER sentiment",
+        "# The designs on a real model: SmolLM2-135M-Instruct trained toward VADER, judged by AFINN",
         "",
         f"Generated by `{command.strip()}` (`make study-real`) in {seconds / 60:.0f} minutes: {len(opts.designs)} "
-        f"designs × {opts.seeds} seeds, {opts.jobs} runs at a time, {opts.threads} torch thread(s) each. Machine: "
-        f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU; 1-minute load "
-        f"{load0[0]:.1f} before, {load1[0]:.1f} at the end. {versions}, Python {platform.python_version()}.",
+        f"designs × {opts.seeds} seeds, {opts.jobs} runs at a time, {opts.threads} torch thread(s) each, precision "
+        f"`--dtype {opts.dtype}`: {precision}. Machine: {os.cpu_count()}-core CPU "
+        f"({platform.processor() or platform.machine()}), no GPU; 1-minute load {load0[0]:.1f} before, "
+        f"{load1[0]:.1f} at the end. {versions}, Python {platform.python_version()}.",
         "",
         f"Every run: LoRA r 16 (all linear layers), {opts.steps} steps × {opts.batch_size} pairs × "
         f"{opts.max_new_tokens} new tokens, lr {opts.lr:g}, the design's default fractions and coefficients, "
-        f"`--oracle-label argmax`. Offline pairs: {info['pairs']} pairs of the reference's samples on the 48 training "
-        f"prompts labelled by VADER ({info['ties_dropped']} ties dropped). Evaluation: the 40 disjoint prompts of "
-        "benchmarks/demo_eval.jsonl, one sample each at temperature 1, at the end of training (the plot: also before "
-        "and halfway); mean ± standard deviation over seeds. Oracle labels: the offline pairs' plus the online "
-        "samples' (PR examples).",
+        f"`--oracle-label argmax`; online-dpo-k4 is online-dpo with `--num-samples 4`. Offline pairs: {info['pairs']} "
+        f"pairs of the reference's samples on the 48 training prompts labelled by VADER ({info['ties_dropped']} ties "
+        f"dropped). Oracle (the training labels): VADER's compound score. Judge (gold): AFINN's valence per word, "
+        f"which no run sees. Evaluation: the {n_eval} prompts of {os.path.relpath(opts.eval_prompts_file, ROOT)} "
+        "(disjoint from the training prompts), one sample each at temperature 1, after the last step, its win rate "
+        "against the reference's sample under the same seed (ties half); mean ± standard deviation over seeds. Oracle "
+        "labels: the labelled pairs a run was given, the offline pairs' and the online examples' (PR)." + (
+            f" NOTE: the reference's evaluation differs between runs by up to {spread:.2g}." if spread > 1e-9 else ""),
         "",
-        "| design | gold reward (VADER) | win rate vs reference | KL (nats) | oracle labels | time per run (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| reference | {reference['gold/reward']:.3f} | 0.500 | 0.000 | | |",
-    ] + [f"| {d} | {cell(d, 'gold/reward')} | {cell(d, 'gold/win_rate')} | {cell(d, 'objective/kl')} | "
+        "| design | gold reward (AFINN) | win rate (AFINN) | VADER reward | win rate (VADER) | KL (nats) | "
+        "oracle labels | time per run (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| reference | {reference['gold/reward']:.3f} | 0.500 | {reference['oracle/reward']:.3f} | 0.500 | 0.000 "
+        "| | |",
+    ] + [f"| {d} | " + " | ".join(cell(d, k) for k in columns) + " | "
          f"{info['pairs'] + np.mean([r['online_labels'] for r in results if r['design'] == d]):.0f} | "
-         f"{cell(d, 'wall_s', '{:.0f}')} |" for d in opts.designs]
+         f"{cell(d, 'wall_s', '{:.0f}')} |" for d in opts.designs] + [
+        "",
+        f"Each design against {BASELINE}, paired by seed and evaluation prompt ({opts.seeds} × {n_eval} pairs of "
+        "values; benchmarks/paired.py): the mean difference, its 95% interval, and p Holm-adjusted over the "
+        "table's tests.",
+        "",
+    ] + paired_table(results, opts.designs)
     os.makedirs(os.path.dirname(os.path.abspath(opts.results)), exist_ok=True)
     with open(opts.results + ".json", "w") as f:
-        json.dump({"command": command, "seconds": seconds, "pairs": info, "reference": reference,
-                   "options": vars(opts), "runs": results}, f, indent=1)
-    if plot(results, reference, opts.results + ".png"):
-        lines += ["", f"![gold reward and win rate against KL]({os.path.basename(opts.results)}.png)"]
+        json.dump({"command": command, "seconds": seconds, "precision": precision, "pairs": info,
+                   "reference": reference, "options": vars(opts), "runs": results}, f, indent=1)
+    if plot(results, reference, opts.designs, opts.results + ".png"):
+        lines += ["", f"![judge's and oracle's rewards against KL]({os.path.basename(opts.results)}.png)"]
     with open(opts.results + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
