@@ -1699,6 +1699,19 @@ def test_prepare_rows_counts(plain_tok):
     assert kept == [rows[0], rows[6], rows[7], rows[8], rows[10], rows[11]]
 
 
+def test_the_embedded_tasks_evaluation_prompts_are_held_out():
+    """Its training prompts open a first sentence (few openings, each seen in training); its evaluation prompts hold
+    the first sentence and open the second, so none is a training prompt or an SFT corpus prompt."""
+    rng = random.Random(0)
+    train = {br.random_review(rng)[0] for _ in range(4000)}
+    assert len(train) < 100 and all("." not in p for p in train)  # the task's whole training prompt space
+    held = [br.random_review(rng, held_out=True) for _ in range(500)]
+    assert all(p.count(".") == 1 and not p.endswith(".") for p, _ in held) and not {p for p, _ in held} & train
+    args = br.validate(br.Args(quick=True, eval_prompts=32, output_dir="unused"))
+    _, _, rows, eval_rows = br.build_embedded_task(args, torch.device("cpu"))
+    assert len(eval_rows) == 32 and not {r["prompt"] for r in eval_rows} & {r["prompt"] for r in rows}
+
+
 def test_split_eval_sizes_and_determinism():
     rows = [pair(f"prompt {i}") for i in range(50)]
     train, held = br.split_eval(rows, eval_fraction=0.1, max_eval=100, seed=0)
@@ -1901,6 +1914,60 @@ def test_reward_fn_and_prompt_only_rows(tiny_files, tmp_path, capsys):
     code, out, err = run_in_process(flags, capsys)
     assert code == 0, err
     assert "eval/gold/reward" in json.loads(open(tmp_path / "out" / "metrics.jsonl").readlines()[-1])
+
+
+def test_a_judge_scores_the_evaluation_and_the_oracle_is_reported_beside_it(tiny_files, tmp_path, capsys):
+    """--eval-reward-fn / --eval-reward-model: gold/ is the judge's, oracle/ the oracle's on the same samples, and the
+    judge changes nothing in training. Offline DPO: the oracle only evaluates, so every run trains the same model."""
+    (tmp_path / "judge.py").write_text("def constant(prompts, responses):\n    return [3.0] * len(responses)\n")
+
+    def final(out, *extra):
+        flags = tiny_flags(tiny_files, tmp_path / out, "--design", "dpo", *extra)  # its oracle: the reward model
+        code, _, err = run_in_process(flags, capsys)
+        assert code == 0, err
+        return [json.loads(line) for line in open(tmp_path / out / "metrics.jsonl")]
+
+    no_judge = final("oracle")  # the reward model is the oracle and the judge
+    with_fn = final("fn", "--eval-reward-fn", f"{tmp_path / 'judge.py'}:constant")
+    assert with_fn[-1]["eval/gold/reward"] == 3.0 and with_fn[-1]["eval/gold/win_rate"] == 0.5  # the judge's
+    assert with_fn[-1]["eval/oracle/reward"] == no_judge[-1]["eval/gold/reward"]  # the oracle's, beside it
+    assert with_fn[-1]["eval/oracle/win_rate"] == no_judge[-1]["eval/gold/win_rate"]
+    assert "eval/oracle/reward" not in no_judge[-1]
+    training = [{k: v for k, v in m.items() if not k.startswith(("eval/", "timing/"))} for m in no_judge]
+    assert [{k: v for k, v in m.items() if not k.startswith(("eval/", "timing/"))} for m in with_fn] == training
+
+    # a reward model as the judge, and no oracle at all (offline DPO needs none): gold/ is the reward model's
+    flags = tiny_flags(tiny_files, tmp_path / "rm-judge", "--design", "dpo")
+    at = flags.index("--reward-model")
+    flags[at] = "--eval-reward-model"
+    code, _, err = run_in_process(flags, capsys)
+    assert code == 0, err
+    rm_judge = [json.loads(line) for line in open(tmp_path / "rm-judge" / "metrics.jsonl")][-1]
+    assert rm_judge["eval/gold/reward"] == no_judge[-1]["eval/gold/reward"] and "eval/oracle/reward" not in rm_judge
+
+
+JUDGES = {  # a bad judge, and what the one-line error must say
+    "two judges": (["--eval-reward-fn", "JUDGE:constant", "--eval-reward-model", "RM"], "give one judge"),
+    "no such file": (["--eval-reward-fn", "missing.py:constant"], "cannot import"),
+    "no such function": (["--eval-reward-fn", "JUDGE:nope"], "has no function 'nope'"),
+    "no such folder": (["--eval-reward-model", "./no-such-rm"], "no such folder"),
+    "empty": (["--eval-reward-fn", ""], "--eval-reward-fn: an empty value"),
+    "one score too few": (["--eval-reward-fn", "JUDGE:short"], "evaluation of the reference: the judge returned"),
+}
+
+
+@pytest.mark.parametrize("fault", JUDGES)
+def test_a_bad_judge_is_one_line_exit_2(fault, tiny_files, tmp_path, capsys):
+    (tmp_path / "judge.py").write_text("def constant(prompts, responses):\n    return [3.0] * len(responses)\n"
+                                       "def short(prompts, responses):\n    return [0.0] * (len(responses) - 1)\n")
+    extra, message = JUDGES[fault]
+    extra = [str(tmp_path / "judge.py") + x[5:] if x.startswith("JUDGE") else str(tiny_files / "rm") if x == "RM"
+             else x for x in extra]
+    code, _, err = run_in_process(tiny_flags(tiny_files, tmp_path / "out", "--design", "dpo", "--eval-prompts", 2,
+                                             *extra), capsys)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1 and message in errors[0], err
+    assert not (tmp_path / "out" / "args.json").exists()  # stopped before the run wrote anything
 
 
 ORACLES = {  # a misbehaving --reward-fn, and what the one-line error must say
