@@ -28,7 +28,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed benchmarks/requirements.txt
 compare: $(VENV)/.bench-installed  # the study on the embedded task, 3 seeds (ARGS="--part designs": one part; --quick: 1 seed)
 	$(PY) benchmarks/compare.py --jobs 2 $(ARGS)
 
-study-real: $(VENV)/.bench-installed  # 7 designs on SmolLM2-135M-Instruct toward VADER, judged by AFINN, 4 seeds (~1 h 45)
+study-real: $(VENV)/.bench-installed  # 5 designs × 8 seeds on SmolLM2-135M-Instruct toward VADER, judged by AFINN (~75 min with AMX)
 	$(PY) benchmarks/study_real.py --jobs 2 $(ARGS)
 
 bench: $(VENV)/.bench-installed  # side by side with TRL's OnlineDPOTrainer (ARGS=--quick for a smoke run)

@@ -3489,3 +3489,52 @@ def test_compare_paired_table(paired):
         del r["per_prompt"]
     text, rows = compare.paired_table(results, names, "online-dpo")
     assert rows == [] and text.startswith("No paired comparison with online-dpo")
+
+
+def test_study_real_paired_table_pairs_seeds_and_tests_by_seed(paired):
+    """study_real.py's paired table: each design's difference to online DPO by the seed-level t test (the one the
+    power calculation sizes) and the bootstrap, Holm-adjusted per metric over the designs. The runs share a large
+    seed effect and come in any order: a design 0.2 below online DPO on every cell is significant, one equal up to
+    noise is not, and the t test's numbers are paired_t's on the seed-ordered arrays. (Pairing the runs in the order
+    they come, not by seed, leaves the seed effect in the difference: the first assertion fails.)"""
+    study = load_benchmark("study_real")
+    rng = np.random.default_rng(4)
+    seed_effect, prompt_effect = rng.standard_normal((5, 1)), rng.standard_normal((1, 30))
+    shared = seed_effect + prompt_effect  # (seeds, prompts)
+    shifts = {"online-dpo": 0.0, "sail-pr": 0.0, "mix": -0.2}
+    cells = {d: shared + shift + 0.05 * rng.standard_normal(shared.shape) for d, shift in shifts.items()}
+    order = {"online-dpo": [4, 3, 2, 1, 0], "sail-pr": [0, 1, 2, 3, 4], "mix": [2, 0, 4, 1, 3]}
+    results = [{"design": d, "seed": s, "per_prompt": {"gold/reward": list(cells[d][s]),
+                                                       "gold/win_rate": list(cells[d][s] > 0.0)}}
+               for d in shifts for s in order[d]]
+    lines, rows = study.paired_table(results, list(shifts), n_boot=2000)
+    reward = {row["design"]: row for row in rows if row["metric"] == "gold/reward"}
+    assert reward["mix"]["t"]["high"] < 0 and reward["mix"]["t"]["p_holm"] <= 0.05
+    assert reward["sail-pr"]["t"]["low"] < 0 < reward["sail-pr"]["t"]["high"]
+    expected = paired.paired_t(cells["mix"], cells["online-dpo"])
+    assert reward["mix"]["t"]["difference"] == pytest.approx(expected["difference"])
+    assert reward["mix"]["t"]["p_holm"] == pytest.approx(min(1.0, 2 * expected["p"]))  # the smaller of 2: × 2
+    assert reward["mix"]["bootstrap"]["high"] < 0
+    assert next(line for line in lines if line.startswith("| mix | reward")).endswith("| yes |")
+    assert next(line for line in lines if line.startswith("| sail-pr | reward")).endswith("| no |")
+    assert study.paired_table(results, ["sail-pr", "mix"])[1] == []  # no baseline: no table
+
+
+def test_power_report_reads_a_study_with_per_prompt_values(paired, tmp_path):
+    """paired.py --power on study_real.py's JSON (per-prompt values, evaluated only before and after training): the
+    planning SD is the seeds' SD of the sail-pr − online-dpo win-rate difference times Browne's factor
+    sqrt(df / χ²(0.2; df)), and the prompt effect comes from the per-prompt arrays."""
+    rng = np.random.default_rng(5)
+    runs = [{"design": d, "seed": s, "wall_s": 200.0, "gold/reward": 0.0, "gold/win_rate": float(w.mean()),
+             "per_prompt": {"gold/win_rate": list(w)}}
+            for s in range(4) for d in ("online-dpo", "sail-pr", "mix")
+            for w in [(rng.random(40) < 0.6) * 1.0]]
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"runs": runs, "seconds": 2000.0,
+                                "options": {"steps": 30, "jobs": 2, "eval_every": 0}}))
+    report = paired.power_report(str(path))
+    wins = {d: np.array([r["gold/win_rate"] for r in runs if r["design"] == d]) for d in ("online-dpo", "sail-pr")}
+    sd = (wins["sail-pr"] - wins["online-dpo"]).std(ddof=1)
+    assert f"= {sd * math.sqrt(3 / paired.chi2_quantile(0.2, 3)):.4f}." in report
+    assert "3 seeds × 40 evaluation prompts" not in report and "4 seeds × 40 evaluation prompts" in report
+    assert "From the per-prompt arrays: σ_p²" in report and "2 evaluations" in report

@@ -55,7 +55,7 @@ S seeds, the test is a t test on S − 1 degrees of freedom and δ = λ·SE with
 (the noncentral t, `t_test_power`; the usual shortcut (t_{1 − α'/2} + t_{1 − β})·SE falls 3-8 points of power short
 at 3-6 seeds, with m = 3). `required_size` inverts δ for the number of seeds or of prompts.
 
-    python benchmarks/paired.py --power benchmarks/results/study_real.json   # the real-model study's power
+    python benchmarks/paired.py --power benchmarks/results/study_real_pilot.json   # the pilot of the real-model study
 
 prints the calculation of docs/study.md's section on paired comparisons from the study's per-seed results (and the
 runs' per-prompt arrays, where they hold them).
@@ -262,8 +262,9 @@ def required_size(c: Components, delta: float, seeds: int = None, prompts: int =
 # The two-hour study's designs: name -> (the pilot's design whose wall time it takes, the relative cost of its step).
 # k = 4 samples per PR prompt doubles a step's sampling and scoring; generation is about 40% of a step
 # (docs/performance.md), so its step costs about 1.4 of k = 2's.
+# A design that the study ran takes its own wall time.
 PLANNED = {"online-dpo": ("online-dpo", 1.0), "sail-pr": ("sail-pr", 1.0), "mix": ("mix", 1.0),
-           "sail-pp": ("sail-pp", 1.0), "online-dpo k=4": ("online-dpo", 1.4), "dpo": ("dpo", 1.0)}
+           "sail-pp": ("sail-pp", 1.0), "online-dpo-k4": ("online-dpo", 1.4), "dpo": ("dpo", 1.0)}
 
 
 def by_seed(runs: list[dict], design: str, key: str) -> np.ndarray:
@@ -284,8 +285,8 @@ def power_report(path: str, target: str = "sail-pr", baseline: str = "online-dpo
     runs, options = study["runs"], study["options"]
     designs = list(dict.fromkeys(r["design"] for r in runs))
     seeds, steps, jobs = len(by_seed(runs, baseline, "seed")), options["steps"], options["jobs"]
-    prompts = options.get("eval_prompts", 40)  # demo_eval.jsonl's 40
-    lines = [f"Pilot: {len(designs)} designs × {seeds} seeds × {prompts} evaluation prompts × {steps} steps. Goal: "
+    prompts = len(runs[0]["per_prompt"]["gold/win_rate"]) if "per_prompt" in runs[0] else 40  # demo_eval.jsonl's
+    lines = [f"The study: {len(designs)} designs × {seeds} seeds × {prompts} evaluation prompts × {steps} steps. Goal: "
              f"detect {delta:.3f} in win rate between {target} and {baseline}, two-sided, α = {alpha} with Holm "
              f"over the designs compared with {baseline} (level α/m), power {power}."]
     out = lines.append
@@ -322,7 +323,10 @@ def power_report(path: str, target: str = "sail-pr", baseline: str = "online-dpo
         f"{upper:.4f}.")
     comp = Components(seed=upper ** 2, prompt=0.0, residual=0.0)
     if all("per_prompt" in r for r in runs if r["design"] in (target, baseline)):
-        c = variance_components(by_seed(runs, target, "per_prompt") - by_seed(runs, baseline, "per_prompt"))
+        def cells(design: str) -> np.ndarray:  # (seeds, prompts): the win indicators (ties half)
+            return np.array([r["per_prompt"]["gold/win_rate"] for r in sorted(runs, key=lambda r: r["seed"])
+                             if r["design"] == design], dtype=float)
+        c = variance_components(cells(target) - cells(baseline))
         comp = Components(seed=max(0.0, upper ** 2 - c.residual / prompts), prompt=c.prompt, residual=c.residual)
         out(f"   From the per-prompt arrays: σ_p² = {c.prompt:.5f}, σ_e² = {c.residual:.5f}; planned with σ_s² = "
             f"{comp.seed:.5f} (the planning SD's square less σ_e²/{prompts}).")
@@ -334,40 +338,42 @@ def power_report(path: str, target: str = "sail-pr", baseline: str = "online-dpo
     # 3. the cost of a run, from the pilot's wall times
     wall = {d: float(np.mean(by_seed(runs, d, "wall_s"))) for d in designs}
     overhead = max(0.0, study["seconds"] - sum(r["wall_s"] for r in runs) / jobs)
-    evals = 1 + math.ceil(steps / options["eval_every"])  # the reference's, before training, then every N steps
+    every = options["eval_every"] or steps  # 0: after the last step only
+    evals = 1 + math.ceil(steps / every)  # the reference's, before training, then every N steps
 
     def run_s(name: str) -> float:  # a planned run: evaluated before training and at the end only
-        design, factor = PLANNED[name]
+        design, factor = (name, 1.0) if name in wall else PLANNED[name]
         step = (wall[design] - fixed_s) / (steps + evals * eval_steps)
         return fixed_s + steps * step * factor + 2 * eval_steps * step
     out(f"3. Cost: a pilot run took {fixed_s:g} s fixed + {steps} steps + {evals} evaluations of {eval_steps:g} "
         f"steps each; {jobs} runs at a time; the study's own work (offline pairs, the reference's evaluation) "
         f"{overhead:.0f} s. A planned run evaluates before training and at the end only (--eval-every {steps}): "
-        + ", ".join(f"{n} {run_s(n):.0f} s" for n in PLANNED if PLANNED[n][0] in wall) + ".")
+        + ", ".join(f"{n} {run_s(n):.0f} s" for n in PLANNED if n in wall or PLANNED[n][0] in wall) + ".")
 
     # 4. the plans
     def detect(sd: float, n: int, m: int) -> float:
         return detectable_difference(Components(sd ** 2, 0, 0), n, prompts, alpha, m, power, t=True)
     out(f"4. Seeds × {prompts} prompts × {steps} steps for a t test on seeds − 1 df, with the planning SD:")
-    plans = [[baseline, target, "mix", "sail-pp", "online-dpo k=4"], [baseline, target, "mix", "sail-pp"],
-             [baseline, target, "mix", "sail-pp", "online-dpo k=4", "dpo"], [baseline, target]]
+    plans = [[baseline, target, "mix", "sail-pp", "online-dpo-k4"], [baseline, target, "mix", "sail-pp"],
+             [baseline, target, "mix", "sail-pp", "online-dpo-k4", "dpo"], [baseline, target]]
     within = []
     for names in plans:
-        names = [n for n in dict.fromkeys(names) if n in PLANNED and PLANNED[n][0] in wall]
+        names = [n for n in dict.fromkeys(names) if n in PLANNED and (n in wall or PLANNED[n][0] in wall)]
         m = len(names) - 1
         per_seed_s = sum(run_s(n) for n in names) / jobs
         need = required_size(comp, delta, prompts=prompts, alpha=alpha, m=m, power=power, t=True)
         n = int((hours * 3600 - overhead) // per_seed_s)
         within.append(n)
         can = detectable_difference(comp, n, prompts, alpha, m, power, t=True) if n >= 2 else math.nan
-        out(f"   {', '.join(names)} (m = {m}): {delta:.3f} needs {need} seeds "
-            f"({(overhead + need * per_seed_s) / 60:.0f} min); {hours:g} h give {n} seeds "
+        needs = (f"needs {need} seeds ({(overhead + need * per_seed_s) / 60:.0f} min)" if need else
+                 f"is out of reach at {prompts} prompts (their σ_p²/P alone is too much)")
+        out(f"   {', '.join(names)} (m = {m}): {delta:.3f} {needs}; {hours:g} h give {n} seeds "
             f"({(overhead + n * per_seed_s) / 60:.0f} min), which detect {can:.3f}.")
 
     # 5. what else the numbers say
     m_pilot, m_plan, n_plan = len(designs) - 1, len(plans[1]) - 1, within[1]
     g_point, g_upper = planning_sd(gold)
-    out(f"5. The pilot itself ({seeds} seeds, m = {m_pilot}) detects {detect(upper, seeds, m_pilot):.3f} "
+    out(f"5. The study itself ({seeds} seeds, m = {m_pilot}) detects {detect(upper, seeds, m_pilot):.3f} "
         f"({detect(point, seeds, m_pilot):.3f} at the point estimate). With {n_plan} seeds and m = {m_plan}: "
         f"{detect(point, n_plan, m_plan):.3f} at the point estimate {point:.4f}, {detect(typical, n_plan, m_plan):.3f}"
         f" at the SD of two designs taken at random; in gold reward (planning SD {g_upper:.4f} from {g_point:.4f}), "

@@ -8,26 +8,26 @@ oracle, judge and training prompts (benchmarks/demo.py).
    the higher compound score preferred (pairs with equal scores are dropped). Every design gets these pairs as its
    --dataset: dpo trains on them alone, the others on the share of examples their design routes offline, and sail-dp
    and mix relabel some of them with the policy's own preferences (ALGORITHM.md §4).
-2. The runs: dpo, online-dpo, online-dpo-k4 (online DPO with `--num-samples 4`: its pair is the best and the worst of
-   4 samples that the oracle scores), sail-pr, sail-pp, sail-dp and mix, each at its defaults (the core's fractions
-   and coefficients, β = 0.1, `--oracle-label argmax`), LoRA r 16 on every linear layer, the same learning rate 3e-4
-   (the demo's, chosen on training prompts only), the same steps × pairs per step, so the same number of preference
-   pairs per run; the online designs also ask the oracle to label their own samples (the `oracle labels` column counts
-   the labelled pairs a run was given, the offline pairs' included). Each run is one process of bilevel_rlhf with
-   --threads torch threads, --jobs of them at a time, in --dtype (default auto: bf16 on a CPU with AMX units).
-3. Evaluation, after the last step (and every --eval-every steps): one sample per prompt of --eval-prompts-file at
-   temperature 1 from the policy and from the reference (the same seed), scored by the judge, the AFINN word list's
-   valence per word (benchmarks/afinn_reward.py), which training never sees: its gold reward and the win rate against
-   the reference's answer (ties half); the oracle's (VADER's) beside them; the Monte-Carlo KL(π_θ ‖ π_ref). Each
-   prompt's values in the final evaluation are kept in the run's result.json; each design's difference to online DPO,
-   paired by seed and prompt, comes from benchmarks/paired.py (paired_difference: the mean, its 95% interval and p;
-   holm: the p-values adjusted over all the tests of the table).
+2. The runs: by default online-dpo, sail-pr, mix, sail-pp and online-dpo-k4 (online DPO with `--num-samples 4`: its pair
+   is the best and the worst of 4 samples that the oracle scores), the designs that the power calculation of
+   docs/study.md sized the study for (dpo and sail-dp run on request: --designs), each at its defaults (the core's
+   fractions and coefficients, β = 0.1, `--oracle-label argmax`), LoRA r 16 on every linear layer, the same learning
+   rate 3e-4 (the demo's, chosen on training prompts only), the same steps × pairs per step, so the same number of
+   preference pairs per run; the online designs also ask the oracle to label their own samples (the `oracle labels`
+   column counts the labelled pairs a run was given, the offline pairs' included). Each run is one process of
+   bilevel_rlhf with --threads torch threads, --jobs of them at a time, in --dtype (default auto: bf16 on a CPU with AMX
+   units).
+3. Evaluation, after the last step (and every --eval-every steps): one sample per prompt of --eval-prompts-file
+   (default: the demo's 40, benchmarks/demo_eval.jsonl, none a training prompt) at temperature 1 from the policy and
+   from the reference (the same seed), scored by the judge, the AFINN word list's valence per word
+   (benchmarks/afinn_reward.py), which training never sees: its gold reward and the win rate against the reference's
+   answer (ties half); the oracle's (VADER's) beside them; the Monte-Carlo KL(π_θ ‖ π_ref). Each prompt's values in the
+   final evaluation are kept in the run's result.json; each design's difference to online DPO, paired by seed and
+   prompt, comes from benchmarks/paired.py: paired_t, the t test on the seeds' mean differences that the power
+   calculation sizes, and paired_difference, the bootstrap over seeds and prompts; holm adjusts each test's p-values
+   over the designs compared.
 
-The evaluation prompts, benchmarks/study_eval.jsonl: the 40 of benchmarks/demo_eval.jsonl, then 160 written for this
-study from a list of 80 everyday scenes and 80 everyday things, "Describe <scene>." and, in turn, "Write one sentence
-about <thing>." and "Write a sentence about <thing>."; none is a training prompt (checked, case aside).
-
-    python benchmarks/study_real.py --jobs 2        # 7 designs × 4 seeds × 40 steps (2-core CPU: about 1 h 45 min)
+    python benchmarks/study_real.py --jobs 2        # 5 designs × 8 seeds × 30 steps (2-core CPU with AMX: about 75 min)
     python benchmarks/study_real.py --seeds 1 --steps 2 --designs dpo online-dpo --work-dir runs/s --results runs/s/r
                                                     # a smoke run: its results outside benchmarks/results
 
@@ -54,18 +54,18 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import bilevel_rlhf as br  # noqa: E402
-from demo import JUDGE_FN, REWARD_FN, TRAIN, convert_once  # noqa: E402
+from demo import EVAL, JUDGE_FN, REWARD_FN, TRAIN, convert_once  # noqa: E402
 
 try:
-    from paired import holm, paired_difference  # noqa: E402  benchmarks/paired.py
+    from paired import holm, paired_difference, paired_t  # noqa: E402  benchmarks/paired.py
 except ImportError:
-    holm = paired_difference = None
+    holm = paired_difference = paired_t = None
 
 DESIGNS = {  # the name in the tables: the core's --design and the variant's flags
     "dpo": ("dpo", []), "online-dpo": ("online-dpo", []), "online-dpo-k4": ("online-dpo", ["--num-samples", "4"]),
     "sail-pr": ("sail-pr", []), "sail-pp": ("sail-pp", []), "sail-dp": ("sail-dp", []), "mix": ("mix", [])}
 BASELINE = "online-dpo"  # the paired table's differences are to this design
-STUDY_EVAL = os.path.join(HERE, "study_eval.jsonl")
+PLAN = ["online-dpo", "sail-pr", "mix", "sail-pp", "online-dpo-k4"]  # the designs that the power calculation sized
 WORK = os.path.join(ROOT, "runs", "study-real")
 
 
@@ -126,7 +126,7 @@ def run(name: str, seed: int, opts, model_dir: str, pairs: str, n_eval: int) -> 
              "--save-every", "0", "--dtype", opts.dtype]
     done = os.path.join(out, "result.json")
     if os.path.isfile(done) and not opts.fresh and json.load(open(done))["flags"] == flags:
-        return json.load(open(done))  # this run, finished before with the same flags
+        return {**json.load(open(done)), "kept": True}  # this run, finished before with the same flags
     env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
     per_prompt = os.path.join(opts.work_dir, f"{name}-s{seed}.per_prompt.json")
     t0 = time.perf_counter()
@@ -158,26 +158,35 @@ def run(name: str, seed: int, opts, model_dir: str, pairs: str, n_eval: int) -> 
     return result
 
 
-def paired_table(results: list[dict], designs: list[str]) -> list[str]:
+def paired_table(results: list[dict], designs: list[str], n_boot: int = 10000) -> tuple[list[str], list[dict]]:
     """Each design's difference to BASELINE under the judge, paired by seed and evaluation prompt
-    (benchmarks/paired.py), the p-values Holm-adjusted over all the table's tests."""
+    (benchmarks/paired.py), by two tests: the seed-level t test that the power calculation sizes (each seed's mean
+    difference over the prompts, seeds − 1 df; it holds its level at few seeds), and the two-way bootstrap over seeds
+    and prompts. Each test's p-values are Holm-adjusted over the designs compared, per metric; "significant" is the
+    t test's verdict. Returns the markdown and the rows for the JSON."""
     if BASELINE not in designs or len(designs) < 2:
-        return [f"No paired table: it compares each design with {BASELINE}, which this study did not run."]
-    keys = ("gold/reward", "gold/win_rate")
+        return [f"No paired table: it compares each design with {BASELINE}, which this study did not run."], []
 
     def values(name: str, key: str) -> np.ndarray:  # (seeds, prompts), the seeds in order
         return np.array([r["per_prompt"][key] for r in sorted(results, key=lambda r: r["seed"]) if r["design"] == name])
     others = [d for d in designs if d != BASELINE]
-    diffs = {(d, k): paired_difference(values(d, k), values(BASELINE, k)) for d in others for k in keys}
-    adjusted = dict(zip(diffs, holm([diff["p"] for diff in diffs.values()])))
-
-    def cells(d: str, k: str) -> str:
-        diff = diffs[d, k]
-        return f"{diff['mean']:+.3f} | [{diff['low']:+.3f}, {diff['high']:+.3f}] | {adjusted[d, k]:.3g}"
-    return [f"| design − {BASELINE} | Δ gold reward (AFINN) | 95% interval | p (Holm) | Δ win rate (AFINN) | "
-            "95% interval | p (Holm) |",
-            "| --- | ---: | :---: | ---: | ---: | :---: | ---: |"] + [
-        f"| {d} | {cells(d, 'gold/reward')} | {cells(d, 'gold/win_rate')} |" for d in others]
+    rows = [{"design": d, "metric": key, "t": paired_t(values(d, key), values(BASELINE, key)),
+             "bootstrap": paired_difference(values(d, key), values(BASELINE, key), n_boot)}
+            for key in ("gold/reward", "gold/win_rate") for d in others]
+    for key in ("gold/reward", "gold/win_rate"):
+        for test in ("t", "bootstrap"):
+            same = [row for row in rows if row["metric"] == key]
+            for row, p in zip(same, holm([row[test]["p"] for row in same])):
+                row[test]["p_holm"] = float(p)
+    lines = [f"| design − {BASELINE} | metric (AFINN) | difference | 95% interval, t test over seeds | p (Holm) | "
+             "95% interval, bootstrap over seeds and prompts | p (Holm) | significant at 0.05 after Holm (t test) |",
+             "| --- | --- | ---: | :---: | ---: | :---: | ---: | --- |"]
+    for row in rows:
+        t, boot = row["t"], row["bootstrap"]
+        lines.append(f"| {row['design']} | {row['metric'][5:].replace('_', ' ')} | {t['difference']:+.3f} | "
+                     f"[{t['low']:+.3f}, {t['high']:+.3f}] | {t['p_holm']:.3g} | [{boot['low']:+.3f}, "
+                     f"{boot['high']:+.3f}] | {boot['p_holm']:.3g} | {'yes' if t['p_holm'] <= 0.05 else 'no'} |")
+    return lines, rows
 
 
 PLOTTED = (("gold/reward", "gold reward (AFINN, the judge)"), ("gold/win_rate", "win rate (AFINN)"),
@@ -219,11 +228,12 @@ def main():
     if sys.argv[1:2] == ["--worker"]:  # one run, in the subprocess that `run` starts
         sys.exit(worker(sys.argv[2], sys.argv[3:]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--seeds", type=int, default=8, help="seeds 0 .. N-1 of every design (default 8: the power "
+                   "calculation's, docs/study.md)")
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate every this many steps too (default 0: before training and after the last step)")
-    p.add_argument("--eval-prompts-file", default=STUDY_EVAL, help="the evaluation prompts (default: 200 of them)")
+    p.add_argument("--eval-prompts-file", default=EVAL, help="the evaluation prompts (default: the demo's 40)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -232,13 +242,14 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
                    help="bilevel_rlhf's --dtype (auto: bf16 on a CPU with AMX units, else fp32)")
-    p.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
+    p.add_argument("--designs", nargs="+", default=PLAN, choices=list(DESIGNS),
+                   help=f"default: {' '.join(PLAN)} (the power calculation's; dpo and sail-dp on request)")
     p.add_argument("--fresh", action="store_true", help="train every run again (default: keep finished runs)")
     p.add_argument("--work-dir", default=WORK, help="the runs' folders (each run's weights are deleted when it ends)")
     p.add_argument("--results", default=os.path.join(HERE, "results", "study_real"))
     opts = p.parse_args()
     opts.eval_prompts_file, opts.work_dir = map(os.path.abspath, (opts.eval_prompts_file, opts.work_dir))  # run flags
-    if paired_difference is None:  # before hours of runs, not after them
+    if paired_t is None:  # before hours of runs, not after them
         sys.exit("study: benchmarks/paired.py (paired_difference, holm) is missing: the paired table needs it")
     torch.set_num_threads(opts.threads)
     t0, load0 = time.perf_counter(), os.getloadavg()
@@ -256,6 +267,8 @@ def main():
     reference = {k: float(np.mean(v)) for k, v in results[0]["reference"].items()}
     spread = max(abs(np.mean(v) - reference[k]) for r in results for k, v in r["reference"].items())
     seconds, load1 = time.perf_counter() - t0, os.getloadavg()
+    run_s, kept = sum(r["wall_s"] for r in results), sum(r.get("kept", False) for r in results)
+    table, comparisons = paired_table(results, opts.designs)
 
     def cell(design, key, fmt="{:.3f}"):
         values = np.array([r[key] for r in results if r["design"] == design], dtype=float)
@@ -267,7 +280,9 @@ def main():
     lines = [
         "# The designs on a real model: SmolLM2-135M-Instruct trained toward VADER, judged by AFINN",
         "",
-        f"Generated by `{command.strip()}` (`make study-real`) in {seconds / 60:.0f} minutes: {len(opts.designs)} "
+        f"Generated by `{command.strip()}` (`make study-real`) in {seconds / 60:.0f} minutes" + (
+            f" ({kept} runs kept from an earlier invocation; the runs' own times sum to {run_s / 60:.0f} minutes, "
+            f"{run_s / opts.jobs / 60:.0f} at {opts.jobs} at a time)" if kept else "") + f": {len(opts.designs)} "
         f"designs × {opts.seeds} seeds, {opts.jobs} runs at a time, {opts.threads} torch thread(s) each, precision "
         f"`--dtype {opts.dtype}`: {precision}. Machine: {os.cpu_count()}-core CPU "
         f"({platform.processor() or platform.machine()}), no GPU; 1-minute load {load0[0]:.1f} before, "
@@ -293,15 +308,16 @@ def main():
          f"{info['pairs'] + np.mean([r['online_labels'] for r in results if r['design'] == d]):.0f} | "
          f"{cell(d, 'wall_s', '{:.0f}')} |" for d in opts.designs] + [
         "",
-        f"Each design against {BASELINE}, paired by seed and evaluation prompt ({opts.seeds} × {n_eval} pairs of "
-        "values; benchmarks/paired.py): the mean difference, its 95% interval, and p Holm-adjusted over the "
-        "table's tests.",
+        f"Each design against {BASELINE}, paired by seed and evaluation prompt ({opts.seeds} seeds × {n_eval} "
+        "prompts; benchmarks/paired.py): the mean difference, its 95% interval and p by the t test on the seeds' "
+        "mean differences and by the bootstrap over seeds and prompts, each p Holm-adjusted over the designs "
+        "compared, per metric.",
         "",
-    ] + paired_table(results, opts.designs)
+    ] + table
     os.makedirs(os.path.dirname(os.path.abspath(opts.results)), exist_ok=True)
     with open(opts.results + ".json", "w") as f:
         json.dump({"command": command, "seconds": seconds, "precision": precision, "pairs": info,
-                   "reference": reference, "options": vars(opts), "runs": results}, f, indent=1)
+                   "reference": reference, "options": vars(opts), "paired": comparisons, "runs": results}, f, indent=1)
     if plot(results, reference, opts.designs, opts.results + ".png"):
         lines += ["", f"![judge's and oracle's rewards against KL]({os.path.basename(opts.results)}.png)"]
     with open(opts.results + ".md", "w") as f:
