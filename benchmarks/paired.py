@@ -356,9 +356,13 @@ def power_report(path: str, target: str = "sail-pr", baseline: str = "online-dpo
     out(f"4. Seeds × {prompts} prompts × {steps} steps for a t test on seeds − 1 df, with the planning SD:")
     plans = [[baseline, target, "mix", "sail-pp", "online-dpo-k4"], [baseline, target, "mix", "sail-pp"],
              [baseline, target, "mix", "sail-pp", "online-dpo-k4", "dpo"], [baseline, target]]
-    within = []
+    within, kept = [], []
     for names in plans:
         names = [n for n in dict.fromkeys(names) if n in PLANNED and (n in wall or PLANNED[n][0] in wall)]
+        kept.append(names)
+        if names in kept[:-1]:  # the same designs as a plan above, where the study lacks some of a plan's
+            within.append(within[kept.index(names)])
+            continue
         m = len(names) - 1
         per_seed_s = sum(run_s(n) for n in names) / jobs
         need = required_size(comp, delta, prompts=prompts, alpha=alpha, m=m, power=power, t=True)
@@ -371,7 +375,7 @@ def power_report(path: str, target: str = "sail-pr", baseline: str = "online-dpo
             f"({(overhead + n * per_seed_s) / 60:.0f} min), which detect {can:.3f}.")
 
     # 5. what else the numbers say
-    m_pilot, m_plan, n_plan = len(designs) - 1, len(plans[1]) - 1, within[1]
+    m_pilot, m_plan, n_plan = len(designs) - 1, len(kept[1]) - 1, within[1]
     g_point, g_upper = planning_sd(gold)
     out(f"5. The study itself ({seeds} seeds, m = {m_pilot}) detects {detect(upper, seeds, m_pilot):.3f} "
         f"({detect(point, seeds, m_pilot):.3f} at the point estimate). With {n_plan} seeds and m = {m_plan}: "
